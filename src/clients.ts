@@ -1,0 +1,301 @@
+/**
+ * The clients a lock accepts, and the one seam that turns each into a
+ * {@linkcode Connection}: commands in, normalised replies out. Lock logic
+ * never branches on the kind of client.
+ *
+ * @module
+ */
+
+/**
+ * Any object with `send(command, args)`: Bun's built-in `RedisClient`, or an
+ * adapter of your own. `duplicate()` opens a new connection of the same kind;
+ * a lock needs it to wait (a blocking command never runs on your connection).
+ *
+ * @example A client of your own
+ * ```ts ignore
+ * import type { SendClient } from "@x/redis-lock";
+ *
+ * const client: SendClient = {
+ *   send: (command, args) => myRedis.command(command, ...args),
+ *   duplicate: async () => wrap(await myRedis.clone()),
+ *   close: () => myRedis.quit(),
+ * };
+ * ```
+ */
+export interface SendClient {
+  /** Sends one command; resolves with the reply, rejects on an error reply. */
+  send(command: string, args: string[]): Promise<unknown>;
+  /** Opens a new connection of the same kind, for blocking commands. */
+  duplicate?(): SendClient | Promise<SendClient>;
+  /** Closes this connection. Called on connections made by `duplicate()`. */
+  close?(): unknown;
+}
+
+/**
+ * The part of an `ioredis` client (`Redis`) that a lock uses.
+ *
+ * @example
+ * ```ts ignore
+ * import Redis from "ioredis";
+ * import { acquire } from "@x/redis-lock";
+ *
+ * await using lock = await acquire(new Redis(), "report");
+ * ```
+ */
+export interface IoRedisClient {
+  /** Sends one command. */
+  call(command: string, ...args: string[]): Promise<unknown>;
+  /** Opens a new connection with the same options. */
+  duplicate(): IoRedisClient;
+  /** Closes the connection at once. */
+  disconnect(): void;
+}
+
+/**
+ * The part of a `redis` (node-redis v4 or v5) client that a lock uses.
+ *
+ * @example
+ * ```ts ignore
+ * import { createClient } from "redis";
+ * import { acquire } from "@x/redis-lock";
+ *
+ * const client = await createClient().connect();
+ * await using lock = await acquire(client, "report");
+ * ```
+ */
+export interface NodeRedisClient {
+  /** Sends one command given as an array of strings. */
+  sendCommand(args: string[]): Promise<unknown>;
+  /** Creates a new, unconnected client with the same options. */
+  duplicate(): NodeRedisClient;
+  /** Connects a client made by `duplicate()`. */
+  connect(): Promise<unknown>;
+  /** Closes the connection at once (v5). */
+  destroy?(): void;
+  /** Closes the connection at once (v4). */
+  disconnect?(): Promise<void>;
+}
+
+/**
+ * The part of a `@db/redis` client (Deno) that a lock uses. It has no
+ * `duplicate()`: pair it with a connect function by {@linkcode withConnect}
+ * so that waiting locks can open their own connection.
+ *
+ * @example
+ * ```ts ignore
+ * import { connect } from "@db/redis";
+ * import { acquire, withConnect } from "@x/redis-lock";
+ *
+ * const options = { hostname: "127.0.0.1", port: 6379 };
+ * const client = withConnect(await connect(options), () => connect(options));
+ * await using lock = await acquire(client, "report");
+ * ```
+ */
+export interface DbRedisClient {
+  /** Sends one command. */
+  sendCommand(
+    command: string,
+    args?: (string | number | Uint8Array)[],
+  ): Promise<unknown>;
+  /** Closes the connection. */
+  close(): void;
+}
+
+const connectBrand = Symbol("@x/redis-lock/withConnect");
+
+/**
+ * A client paired with a function that opens new connections of the same
+ * kind; made by {@linkcode withConnect}.
+ */
+export interface ConnectableClient {
+  /** The application's client, used for every non-blocking command. */
+  readonly client: RedisClient;
+  /** Opens a new connection, used for blocking commands only. */
+  readonly connect: () => Promise<RedisClient>;
+  /** Marks the object as made by {@linkcode withConnect}. */
+  readonly [connectBrand]: true;
+}
+
+/** Every kind of client a lock accepts. */
+export type RedisClient =
+  | SendClient
+  | IoRedisClient
+  | NodeRedisClient
+  | DbRedisClient
+  | ConnectableClient;
+
+/**
+ * Pairs a client that has no `duplicate()` (such as `@db/redis`) with a
+ * function that opens a new connection of the same kind. Locks wait on
+ * connections opened by `connect` and close them when done; every other
+ * command goes through `client`.
+ *
+ * @param client The application's client.
+ * @param connect Opens a new connection to the same server and database.
+ * @returns A client to pass to {@linkcode Lock} and {@linkcode acquire}.
+ *
+ * @example With `@db/redis`
+ * ```ts ignore
+ * import { connect } from "@db/redis";
+ * import { acquire, withConnect } from "@x/redis-lock";
+ *
+ * const options = { hostname: "127.0.0.1", port: 6379 };
+ * const client = withConnect(await connect(options), () => connect(options));
+ * await using lock = await acquire(client, "report", { expire: 10_000 });
+ * ```
+ */
+export function withConnect(
+  client: RedisClient,
+  connect: () => Promise<RedisClient>,
+): ConnectableClient {
+  if (typeof connect !== "function") {
+    throw new TypeError(
+      `Cannot pair client as 'connect' must be a function: current value is ${typeof connect}`,
+    );
+  }
+  toConnection(client);
+  return { client, connect, [connectBrand]: true };
+}
+
+/** A normalised reply: bulk and simple strings, integers, nil, arrays. */
+export type Reply = string | number | null | Reply[];
+
+/** One Redis connection as the lock sees it. */
+export interface Connection {
+  /** Sends one command; rejects with the client's error on an error reply. */
+  send(command: string, args: readonly string[]): Promise<Reply>;
+  /** Opens a new connection of the same kind, for blocking commands. */
+  duplicate(): Promise<Connection>;
+  /** Closes a connection made by `duplicate()`. */
+  close(): Promise<void>;
+}
+
+const decoder = new TextDecoder();
+
+/** Turns every client's reply shapes into {@linkcode Reply}. */
+export function normalize(reply: unknown): Reply {
+  if (reply === null || reply === undefined) return null;
+  if (typeof reply === "string" || typeof reply === "number") return reply;
+  if (typeof reply === "bigint") return Number(reply);
+  if (reply instanceof Uint8Array) return decoder.decode(reply);
+  if (Array.isArray(reply)) return reply.map(normalize);
+  if (reply instanceof Error) throw reply;
+  return String(reply);
+}
+
+type Send = (command: string, args: readonly string[]) => Promise<unknown>;
+
+function fn(client: object, method: string): boolean {
+  return typeof (client as Record<string, unknown>)[method] === "function";
+}
+
+class Adapter implements Connection {
+  readonly #send: Send;
+  readonly #duplicate: (() => Promise<Connection>) | undefined;
+  readonly #close: () => unknown;
+
+  constructor(
+    send: Send,
+    duplicate: (() => Promise<Connection>) | undefined,
+    close: () => unknown,
+  ) {
+    this.#send = send;
+    this.#duplicate = duplicate;
+    this.#close = close;
+  }
+
+  async send(command: string, args: readonly string[]): Promise<Reply> {
+    return normalize(await this.#send(command, args));
+  }
+
+  duplicate(): Promise<Connection> {
+    if (this.#duplicate === undefined) {
+      return Promise.reject(
+        new TypeError(
+          "Cannot wait for a lock as the client has no duplicate(): pair it with a connect function by withConnect(client, connect)",
+        ),
+      );
+    }
+    return this.#duplicate();
+  }
+
+  async close(): Promise<void> {
+    await this.#close();
+  }
+}
+
+function adapt(client: RedisClient): Connection {
+  if ((client as ConnectableClient)[connectBrand] === true) {
+    const { client: inner, connect } = client as ConnectableClient;
+    const base = toConnection(inner) as Adapter;
+    return new Adapter(
+      (command, args) => base.send(command, args),
+      async () => adapt(await connect()),
+      () => base.close(),
+    );
+  }
+  if (fn(client, "call")) {
+    const io = client as IoRedisClient;
+    return new Adapter(
+      (command, args) => io.call(command, ...args),
+      () => Promise.resolve(adapt(io.duplicate())),
+      () => io.disconnect(),
+    );
+  }
+  if (fn(client, "send")) {
+    const plain = client as SendClient;
+    return new Adapter(
+      (command, args) => plain.send(command, args as string[]),
+      plain.duplicate && (async () => adapt(await plain.duplicate!())),
+      () => plain.close?.(),
+    );
+  }
+  if (fn(client, "sendCommand") && fn(client, "duplicate")) {
+    const node = client as NodeRedisClient;
+    return new Adapter(
+      (command, args) => node.sendCommand([command, ...args]),
+      async () => {
+        const copy = node.duplicate();
+        await copy.connect();
+        return adapt(copy);
+      },
+      () => node.destroy ? node.destroy() : node.disconnect?.(),
+    );
+  }
+  if (fn(client, "sendCommand")) {
+    const db = client as DbRedisClient;
+    return new Adapter(
+      (command, args) => db.sendCommand(command, args as string[]),
+      undefined,
+      () => db.close(),
+    );
+  }
+  throw new TypeError(
+    `Cannot use client as 'client' must be an ioredis, redis, @db/redis or Bun client, or have send(command, args): current value is ${
+      client === null ? "null" : typeof client
+    }`,
+  );
+}
+
+const connections = new WeakMap<object, Connection>();
+
+/**
+ * The {@linkcode Connection} of a client, made once per client object.
+ *
+ * @throws {TypeError} When `client` is none of the supported kinds.
+ */
+export function toConnection(client: RedisClient): Connection {
+  if (client === null || typeof client !== "object") {
+    throw new TypeError(
+      `Cannot use client as 'client' must be a Redis client object: current value is ${
+        client === null ? "null" : typeof client
+      }`,
+    );
+  }
+  let connection = connections.get(client);
+  if (connection === undefined) {
+    connection = adapt(client);
+    connections.set(client, connection);
+  }
+  return connection;
+}

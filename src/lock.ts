@@ -1,0 +1,476 @@
+/**
+ * The lock: one name in Redis, held by one owner id at a time.
+ *
+ * @module
+ */
+
+import { type Connection, type RedisClient, toConnection } from "./clients.ts";
+import {
+  AcquireTimeoutError,
+  AlreadyAcquiredError,
+  LockError,
+  NotAcquiredError,
+  NotExpirableError,
+} from "./errors.ts";
+import { type LockKeys, lockKeys } from "./keys.ts";
+import { Lease, type RenewResult } from "./lease.ts";
+import {
+  type AcquireLockOptions,
+  type AcquireOptions,
+  invalid,
+  positiveInteger,
+  validateAcquireOptions,
+  validateLockOptions,
+  validateName,
+} from "./options.ts";
+import type { LockOptions } from "./options.ts";
+import { ACQUIRE, EXTEND, RELEASE, RESET, Script } from "./scripts.ts";
+import { Waiter } from "./waiter.ts";
+
+const acquireScript = new Script(ACQUIRE);
+const releaseScript = new Script(RELEASE);
+const extendScript = new Script(EXTEND);
+const resetScript = new Script(RESET);
+
+/** 18 random bytes in base64, as python-redis-lock makes its ids. */
+function randomId(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(18));
+  return btoa(String.fromCharCode(...bytes));
+}
+
+/** Runs a command, turning a Redis failure into a {@linkcode LockError}. */
+async function attempt<T>(
+  action: string,
+  name: string,
+  command: () => Promise<T>,
+): Promise<T> {
+  try {
+    return await command();
+  } catch (error) {
+    throw new LockError(`Cannot ${action} lock '${name}': Redis failed`, {
+      cause: error,
+    });
+  }
+}
+
+/**
+ * The renewal of a lease, made from plain values so that it does not keep
+ * the `Lock` alive.
+ */
+function renewer(
+  connection: Connection,
+  keys: LockKeys,
+  id: string,
+  expire: number,
+): () => Promise<RenewResult> {
+  return async () => {
+    const reply = await extendScript.run(connection, [keys.lock], [
+      id,
+      String(expire),
+    ]);
+    return reply === 0 ? "extended" : reply === 2 ? "persistent" : "lost";
+  };
+}
+
+/**
+ * A named lock in Redis, compatible with python-redis-lock 4.x: both keep
+ * the holder's id in `lock:<name>` and wake waiters through
+ * `lock-signal:<name>`. Constructing one sends nothing to Redis.
+ *
+ * @example Try once, python-redis-lock style
+ * ```ts ignore
+ * import { Lock } from "@x/redis-lock";
+ *
+ * const lock = new Lock(client, "report:42", { expire: 10_000 });
+ * if (await lock.acquire({ blocking: false })) {
+ *   try {
+ *     // … the work only one process may do …
+ *   } finally {
+ *     await lock.release();
+ *   }
+ * }
+ * ```
+ *
+ * @example Hold it for a scope
+ * ```ts ignore
+ * import { Lock } from "@x/redis-lock";
+ *
+ * await using lock = new Lock(client, "report:42", { expire: 30_000, autoRenewal: true });
+ * await lock.acquire({ timeout: 5_000 });
+ * await work(lock.signal); // aborted if the lock is lost
+ * ```
+ */
+export class Lock implements AsyncDisposable {
+  /** The lock's name: the part of its key after `lock:`. */
+  readonly name: string;
+  /** The owner id this instance acquires with: the lock key's value while held. */
+  readonly id: string;
+  readonly #connection: Connection;
+  readonly #keys: LockKeys;
+  readonly #expire: number | undefined;
+  readonly #autoRenewal: boolean;
+  readonly #signalExpire: number;
+  #controller = new AbortController();
+  #lease: Lease | undefined;
+
+  /**
+   * Creates a lock. Nothing is sent to Redis.
+   *
+   * @param client The application's Redis client: ioredis, redis, Bun's
+   * `RedisClient`, `@db/redis` (through {@linkcode withConnect}), or any
+   * object with `send(command, args)`.
+   * @param name The lock's name, a non-empty string; the key is `lock:<name>`.
+   * @param options Expiry, owner id, auto-renewal and signal expiry.
+   * @throws {TypeError} When the client is not supported or an option has the wrong type.
+   * @throws {RangeError} When a number is out of range.
+   */
+  constructor(client: RedisClient, name: string, options?: LockOptions) {
+    this.name = validateName(name);
+    const valid = validateLockOptions(options);
+    this.#connection = toConnection(client);
+    this.#keys = lockKeys(this.name);
+    this.id = valid.id ?? randomId();
+    this.#expire = valid.expire;
+    this.#autoRenewal = valid.autoRenewal;
+    this.#signalExpire = valid.signalExpire;
+  }
+
+  /**
+   * Aborts when the current holding ends: with a {@linkcode LockLostError}
+   * when the lock is lost (renewal or `extend()` found it gone or held by
+   * another id, its expiry passed without renewal, or it was reset), and with
+   * a {@linkcode LockError} when it is released. Each acquisition after an
+   * ended holding brings a new signal.
+   */
+  get signal(): AbortSignal {
+    return this.#controller.signal;
+  }
+
+  /**
+   * The fencing token of the latest acquisition by this instance: strictly
+   * increasing over the acquisitions of a name on one Redis deployment.
+   * Storage that remembers the highest token it has seen can refuse writes
+   * from a holder whose lock has since passed to another.
+   *
+   * @throws {NotAcquiredError} When this instance has never acquired the lock.
+   */
+  get token(): number {
+    if (this.#lease === undefined) {
+      throw new NotAcquiredError(
+        `Lock '${this.name}' has no token as this instance never acquired it`,
+      );
+    }
+    return this.#lease.token;
+  }
+
+  /**
+   * Acquires the lock, waiting while it is busy unless `blocking` is false.
+   * A waiter sleeps until the holder releases, the holder's expiry passes,
+   * its `timeout` elapses or its `signal` aborts: it never polls.
+   *
+   * @param options `blocking`, `timeout` (ms) and `signal`.
+   * @returns `true` when acquired; `false` when busy with `blocking: false`,
+   * or when `timeout` elapsed.
+   * @throws {AlreadyAcquiredError} When this id already holds the lock.
+   * @throws {TypeError} When `timeout` is given with `blocking: false`, or an
+   * option has the wrong type.
+   * @throws {RangeError} When `timeout` is negative.
+   * @throws {LockError} When Redis fails (the client's error is the `cause`).
+   * An aborted `signal` rejects with `signal.reason`.
+   *
+   * @example
+   * ```ts ignore
+   * const lock = new Lock(client, "report:42", { expire: 10_000 });
+   * if (await lock.acquire({ timeout: 2_000 })) {
+   *   try { /* … *\/ } finally { await lock.release(); }
+   * }
+   * ```
+   */
+  async acquire(options?: AcquireOptions): Promise<boolean> {
+    const { blocking, timeout, signal } = validateAcquireOptions(options);
+    signal?.throwIfAborted();
+    if (this.#lease !== undefined && !this.#lease.ended) {
+      throw new AlreadyAcquiredError(
+        `Lock '${this.name}' is already acquired by this instance`,
+      );
+    }
+    const deadline = performance.now() + timeout;
+    await using waiter = new Waiter(this.#connection);
+    for (;;) {
+      const sentAt = performance.now();
+      const [status, value] = await this.#tryAcquire();
+      if (status === 1) {
+        if (signal?.aborted) {
+          await this.#releaseQuietly();
+          signal.throwIfAborted();
+        }
+        this.#hold(value, sentAt);
+        return true;
+      }
+      if (status === 2) {
+        throw new AlreadyAcquiredError(
+          `Lock '${this.name}' is already held with id '${this.id}'`,
+        );
+      }
+      if (!blocking || performance.now() >= deadline) return false;
+      try {
+        await waiter.wait({
+          signalKey: this.#keys.signal,
+          signalExpire: this.#signalExpire,
+          ttl: value,
+          deadline,
+          signal,
+        });
+      } catch (error) {
+        if (error instanceof TypeError) throw error;
+        if (signal?.aborted && error === signal.reason) throw error;
+        throw new LockError(
+          `Cannot wait for lock '${this.name}': Redis failed`,
+          { cause: error },
+        );
+      }
+    }
+  }
+
+  async #tryAcquire(): Promise<[number, number]> {
+    const expire = this.#expire === undefined ? "" : String(this.#expire);
+    try {
+      const reply = await acquireScript.run(
+        this.#connection,
+        [this.#keys.lock, this.#keys.fence],
+        [this.id, expire],
+      ) as number[];
+      return [reply[0], reply[1]];
+    } catch (error) {
+      // The reply may be lost after the script ran: leave nothing behind.
+      await this.#releaseQuietly();
+      throw new LockError(`Cannot acquire lock '${this.name}': Redis failed`, {
+        cause: error,
+      });
+    }
+  }
+
+  async #releaseQuietly(): Promise<void> {
+    await releaseScript.run(
+      this.#connection,
+      [this.#keys.lock, this.#keys.signal],
+      [this.id, String(this.#signalExpire)],
+    ).catch(() => {});
+  }
+
+  #hold(token: number, sentAt: number): void {
+    if (this.#controller.signal.aborted) {
+      this.#controller = new AbortController();
+    }
+    const expire = this.#expire;
+    this.#lease = new Lease(
+      this.name,
+      token,
+      this.#controller,
+      this,
+      sentAt,
+      expire,
+      this.#autoRenewal && expire !== undefined
+        ? {
+          expire,
+          renew: renewer(this.#connection, this.#keys, this.id, expire),
+        }
+        : undefined,
+    );
+  }
+
+  /**
+   * Releases the lock and wakes a waiter. Works from any instance with the
+   * holder's id, as in python-redis-lock.
+   *
+   * @throws {NotAcquiredError} When this id does not hold the lock: it
+   * expired, was reset, or was never acquired.
+   * @throws {LockError} When Redis fails.
+   *
+   * @example
+   * ```ts ignore
+   * await lock.acquire();
+   * try { /* … *\/ } finally { await lock.release(); }
+   * ```
+   */
+  async release(): Promise<void> {
+    const lease = this.#lease;
+    const wasLost = lease?.lost ?? false;
+    lease?.end(new LockError(`Lock '${this.name}' was released`));
+    const reply = await attempt("release", this.name, () =>
+      releaseScript.run(
+        this.#connection,
+        [this.#keys.lock, this.#keys.signal],
+        [this.id, String(this.#signalExpire)],
+      ));
+    if (reply === 1) {
+      throw new NotAcquiredError(
+        `Lock '${this.name}' is not acquired with id '${this.id}' or it already expired`,
+        { cause: wasLost ? lease?.reason : undefined },
+      );
+    }
+  }
+
+  /**
+   * Sets the lock's remaining life to `expire` ms (default: the lock's own
+   * `expire`). Works from any instance with the holder's id.
+   *
+   * @param expire New expiry in ms, a positive integer.
+   * @throws {TypeError} When neither `expire` nor the lock's `expire` is set.
+   * @throws {RangeError} When `expire` is not a positive integer.
+   * @throws {NotAcquiredError} When this id does not hold the lock; this
+   * instance's `signal` then aborts with a {@linkcode LockLostError}.
+   * @throws {NotExpirableError} When the lock is held without expiry.
+   * @throws {LockError} When Redis fails.
+   *
+   * @example
+   * ```ts ignore
+   * const lock = new Lock(client, "report:42", { expire: 10_000 });
+   * await lock.acquire();
+   * await lock.extend(60_000); // a long step ahead
+   * ```
+   */
+  async extend(expire?: number): Promise<void> {
+    const action = "extend lock";
+    if (expire !== undefined) positiveInteger(action, "expire", expire);
+    const ms = expire ?? this.#expire;
+    if (ms === undefined) {
+      throw new TypeError(
+        invalid(
+          action,
+          "expire",
+          "must be given as the lock has no expire of its own",
+          expire,
+        ),
+      );
+    }
+    const sentAt = performance.now();
+    const reply = await attempt(
+      "extend",
+      this.name,
+      () =>
+        extendScript.run(this.#connection, [this.#keys.lock], [
+          this.id,
+          String(ms),
+        ]),
+    );
+    if (reply === 1) {
+      this.#lease?.lose(
+        `Lock '${this.name}' was found gone or held by another id when extending`,
+      );
+      throw new NotAcquiredError(
+        `Lock '${this.name}' is not acquired with id '${this.id}' or it already expired`,
+      );
+    }
+    if (reply === 2) {
+      throw new NotExpirableError(
+        `Lock '${this.name}' has no expiry to extend`,
+      );
+    }
+    this.#lease?.extended(sentAt, ms);
+  }
+
+  /**
+   * Whether anyone holds the lock.
+   *
+   * @example
+   * ```ts ignore
+   * if (await new Lock(client, "report:42").locked()) console.log("busy");
+   * ```
+   */
+  async locked(): Promise<boolean> {
+    const reply = await attempt(
+      "inspect",
+      this.name,
+      () => this.#connection.send("EXISTS", [this.#keys.lock]),
+    );
+    return reply === 1;
+  }
+
+  /**
+   * The id of the current holder, or `null` when the lock is free.
+   *
+   * @example
+   * ```ts ignore
+   * const owner = await new Lock(client, "report:42").ownerId();
+   * ```
+   */
+  async ownerId(): Promise<string | null> {
+    const reply = await attempt(
+      "inspect",
+      this.name,
+      () => this.#connection.send("GET", [this.#keys.lock]),
+    );
+    return reply === null ? null : String(reply);
+  }
+
+  /**
+   * Deletes the lock whoever holds it, and wakes a waiter. Use with care:
+   * the holder loses the lock without being asked.
+   *
+   * @example
+   * ```ts ignore
+   * await new Lock(client, "report:42").reset(); // after a crash left it held
+   * ```
+   */
+  async reset(): Promise<void> {
+    await attempt("reset", this.name, () =>
+      resetScript.run(
+        this.#connection,
+        [this.#keys.lock, this.#keys.signal],
+        [String(this.#signalExpire)],
+      ));
+    this.#lease?.lose(`Lock '${this.name}' was reset`);
+  }
+
+  /**
+   * Releases the lock if this instance holds it: `await using` leaves the
+   * scope with the lock released. A lock lost while in scope is reported
+   * here, by rejecting with the {@linkcode LockLostError}.
+   */
+  async [Symbol.asyncDispose](): Promise<void> {
+    const lease = this.#lease;
+    if (lease === undefined) return;
+    if (lease.lost) throw lease.reason;
+    if (!lease.ended) await this.release();
+  }
+}
+
+/**
+ * Creates a {@linkcode Lock} and acquires it: the one-call form for
+ * `await using`.
+ *
+ * @param client The application's Redis client.
+ * @param name The lock's name.
+ * @param options The lock's options and the acquisition's.
+ * @returns The held lock; leaving an `await using` scope releases it.
+ * @throws {AcquireTimeoutError} When `timeout` elapsed.
+ * @throws {NotAcquiredError} When the lock is busy and `blocking` is false.
+ *
+ * @example
+ * ```ts ignore
+ * import { acquire } from "@x/redis-lock";
+ *
+ * await using lock = await acquire(client, "report:42", {
+ *   expire: 30_000,
+ *   autoRenewal: true,
+ *   timeout: 5_000,
+ * });
+ * await work(lock.signal);
+ * ```
+ */
+export async function acquire(
+  client: RedisClient,
+  name: string,
+  options?: AcquireLockOptions,
+): Promise<Lock> {
+  const { blocking, timeout, signal, ...lockOptions } = options ?? {};
+  const lock = new Lock(client, name, lockOptions);
+  if (await lock.acquire({ blocking, timeout, signal })) return lock;
+  if (blocking === false) {
+    throw new NotAcquiredError(`Lock '${name}' is held by another owner`);
+  }
+  throw new AcquireTimeoutError(
+    `Lock '${name}' was not acquired within ${timeout} ms`,
+  );
+}

@@ -1,0 +1,220 @@
+/**
+ * Options of a lock and of one acquisition, and their validation. Every
+ * check runs before any work starts and names the argument and its value.
+ *
+ * @module
+ */
+
+/** Options of {@linkcode Lock}, fixed for the life of the instance. */
+export interface LockOptions {
+  /**
+   * Milliseconds after which Redis drops the lock if it is neither released
+   * nor extended. A positive integer; absent, the lock never expires (and a
+   * crashed holder keeps it until `reset()`).
+   *
+   * @default {undefined}
+   */
+  expire?: number;
+  /**
+   * The owner id stored as the lock's value. Two `Lock` instances with the
+   * same id are the same owner: either may extend or release.
+   *
+   * @default {a random id of 24 characters}
+   */
+  id?: string;
+  /**
+   * Keep extending the lock while it is held, every third of `expire`. Needs
+   * `expire`. The timer stops on release, on loss and on disposal, and never
+   * keeps the process alive.
+   *
+   * @default {false}
+   */
+  autoRenewal?: boolean;
+  /**
+   * Milliseconds a release signal stays in Redis for a waiter that was
+   * between two commands when the lock was released.
+   *
+   * @default {1000}
+   */
+  signalExpire?: number;
+}
+
+/** Options of one call of {@linkcode Lock.acquire}. */
+export interface AcquireOptions {
+  /**
+   * Wait for the lock when it is busy. With `false` the call answers at once.
+   *
+   * @default {true}
+   */
+  blocking?: boolean;
+  /**
+   * Milliseconds to wait at most; `Infinity` waits for ever. Not allowed
+   * together with `blocking: false`.
+   *
+   * @default {Infinity}
+   */
+  timeout?: number;
+  /**
+   * Gives up waiting when aborted: the call rejects with `signal.reason` and
+   * leaves nothing behind in Redis.
+   *
+   * @default {undefined}
+   */
+  signal?: AbortSignal;
+}
+
+/** Options of the {@linkcode acquire} function: those of the lock and of the call. */
+export interface AcquireLockOptions extends LockOptions, AcquireOptions {}
+
+/** The longest delay `setTimeout` honours; longer ones fire at once. */
+export const MAX_TIMER_DELAY = 2 ** 31 - 1;
+
+/** Lock options after validation, with defaults filled in. */
+export interface ValidLockOptions {
+  expire: number | undefined;
+  id: string | undefined;
+  autoRenewal: boolean;
+  signalExpire: number;
+}
+
+/** Acquire options after validation, with defaults filled in. */
+export interface ValidAcquireOptions {
+  blocking: boolean;
+  timeout: number;
+  signal: AbortSignal | undefined;
+}
+
+function show(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "bigint") return `${value}n`;
+  if (typeof value === "function") return "a function";
+  if (value !== null && typeof value === "object") {
+    return Array.isArray(value) ? "an array" : "an object";
+  }
+  return String(value);
+}
+
+/**
+ * The message style of the standard library:
+ * `Cannot create lock as 'expire' must be a positive integer: current value is -1`.
+ */
+export function invalid(
+  action: string,
+  name: string,
+  rule: string,
+  value: unknown,
+): string {
+  return `Cannot ${action} as '${name}' ${rule}: current value is ${
+    show(value)
+  }`;
+}
+
+/** Checks a millisecond count that Redis receives as an integer. */
+export function positiveInteger(
+  action: string,
+  name: string,
+  value: unknown,
+): number {
+  if (typeof value !== "number") {
+    throw new TypeError(invalid(action, name, "must be a number", value));
+  }
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw new RangeError(
+      invalid(action, name, "must be a positive integer", value),
+    );
+  }
+  return value;
+}
+
+function optionsObject(action: string, options: unknown): object {
+  if (options === undefined) return {};
+  if (options === null || typeof options !== "object") {
+    throw new TypeError(
+      invalid(action, "options", "must be an object", options),
+    );
+  }
+  return options;
+}
+
+/** Checks the lock name: the part of the key after `lock:`. */
+export function validateName(name: unknown): string {
+  if (typeof name !== "string") {
+    throw new TypeError(
+      invalid("create lock", "name", "must be a string", name),
+    );
+  }
+  if (name.length === 0) {
+    throw new TypeError(
+      invalid("create lock", "name", "must not be empty", name),
+    );
+  }
+  return name;
+}
+
+/** Checks {@linkcode LockOptions} and fills in the defaults. */
+export function validateLockOptions(options: unknown): ValidLockOptions {
+  const action = "create lock";
+  const { expire, id, autoRenewal = false, signalExpire = 1000 } =
+    optionsObject(action, options) as LockOptions;
+  if (expire !== undefined) positiveInteger(action, "expire", expire);
+  if (id !== undefined) {
+    if (typeof id !== "string") {
+      throw new TypeError(invalid(action, "id", "must be a string", id));
+    }
+    if (id.length === 0) {
+      throw new TypeError(invalid(action, "id", "must not be empty", id));
+    }
+  }
+  if (typeof autoRenewal !== "boolean") {
+    throw new TypeError(
+      invalid(action, "autoRenewal", "must be a boolean", autoRenewal),
+    );
+  }
+  if (autoRenewal && expire === undefined) {
+    throw new TypeError(
+      invalid(action, "autoRenewal", "needs 'expire' to be set", autoRenewal),
+    );
+  }
+  positiveInteger(action, "signalExpire", signalExpire);
+  return { expire, id, autoRenewal, signalExpire };
+}
+
+/** Checks {@linkcode AcquireOptions} and fills in the defaults. */
+export function validateAcquireOptions(options: unknown): ValidAcquireOptions {
+  const action = "acquire";
+  const given = optionsObject(action, options) as AcquireOptions;
+  const { blocking = true, timeout, signal } = given;
+  if (typeof blocking !== "boolean") {
+    throw new TypeError(
+      invalid(action, "blocking", "must be a boolean", blocking),
+    );
+  }
+  if (timeout !== undefined) {
+    if (!blocking) {
+      throw new TypeError(
+        invalid(
+          action,
+          "timeout",
+          "cannot be used with 'blocking: false'",
+          timeout,
+        ),
+      );
+    }
+    if (typeof timeout !== "number") {
+      throw new TypeError(
+        invalid(action, "timeout", "must be a number", timeout),
+      );
+    }
+    if (Number.isNaN(timeout) || timeout < 0) {
+      throw new RangeError(
+        invalid(action, "timeout", "must be a non-negative number", timeout),
+      );
+    }
+  }
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw new TypeError(
+      invalid(action, "signal", "must be an AbortSignal", signal),
+    );
+  }
+  return { blocking, timeout: timeout ?? Infinity, signal };
+}
