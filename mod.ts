@@ -34,9 +34,8 @@
 export { acquire, Lock } from "./src/lock.ts";
 export { resetAll } from "./src/reset_all.ts";
 export type { ResetAllOptions } from "./src/reset_all.ts";
-export { withConnect } from "./src/clients.ts";
+export { ConnectableClient, withConnect } from "./src/clients.ts";
 export type {
-  ConnectableClient,
   DbRedisClient,
   IoRedisClient,
   NodeRedisClient,

@@ -101,19 +101,27 @@ export interface DbRedisClient {
   close(): void;
 }
 
-const connectBrand = Symbol("@x/redis-lock/withConnect");
-
 /**
  * A client paired with a function that opens new connections of the same
  * kind; made by {@linkcode withConnect}.
  */
-export interface ConnectableClient {
+export class ConnectableClient {
   /** The application's client, used for every non-blocking command. */
   readonly client: RedisClient;
   /** Opens a new connection, used for blocking commands only. */
   readonly connect: () => Promise<RedisClient>;
-  /** Marks the object as made by {@linkcode withConnect}. */
-  readonly [connectBrand]: true;
+
+  /**
+   * Pairs a client with a connect function; {@linkcode withConnect} checks
+   * the arguments first.
+   *
+   * @param client The application's client.
+   * @param connect Opens a new connection to the same server and database.
+   */
+  constructor(client: RedisClient, connect: () => Promise<RedisClient>) {
+    this.client = client;
+    this.connect = connect;
+  }
 }
 
 /** Every kind of client a lock accepts. */
@@ -154,7 +162,7 @@ export function withConnect(
     );
   }
   toConnection(client);
-  return { client, connect, [connectBrand]: true };
+  return new ConnectableClient(client, connect);
 }
 
 /** A normalised reply: bulk and simple strings, integers, nil, arrays. */
@@ -225,8 +233,8 @@ class Adapter implements Connection {
 }
 
 function adapt(client: RedisClient): Connection {
-  if ((client as ConnectableClient)[connectBrand] === true) {
-    const { client: inner, connect } = client as ConnectableClient;
+  if (client instanceof ConnectableClient) {
+    const { client: inner, connect } = client;
     const base = toConnection(inner) as Adapter;
     return new Adapter(
       (command, args) => base.send(command, args),

@@ -154,6 +154,20 @@ export class RedisServer implements AsyncDisposable {
     await this.#spawn();
   }
 
+  /**
+   * Stops the server without waiting, and removes its directory: for an
+   * `unload` listener, where nothing can be awaited.
+   */
+  disposeSync(): void {
+    this.#process?.kill("SIGTERM");
+    this.#process = undefined;
+    try {
+      Deno.removeSync(this.#dir, { recursive: true });
+    } catch {
+      // already gone
+    }
+  }
+
   /** Stops the server and removes its directory. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.stop();

@@ -28,7 +28,7 @@ for (const [index, scenario] of scenarios.entries()) {
     await runScenario(scenario, index, {
       async open() {
         const client = await open();
-        return [client, async () => client.close()] as const;
+        return [client, () => Promise.resolve(client.close())] as const;
       },
       raw: (command, args) => raw.send(command, args),
     });

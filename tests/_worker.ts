@@ -1,0 +1,38 @@
+/**
+ * A worker process for processes_test.ts. Usage:
+ *
+ *   deno run tests/_worker.ts count <port> <name> <iterations>
+ *     acquires the lock <iterations> times; each time increments the counter
+ *     key `counter:<name>` with a non-atomic GET then SET, and records when
+ *     it held the lock; prints the intervals as JSON.
+ *
+ *   deno run tests/_worker.ts hold <port> <name> <start-at-epoch-ms>
+ *     waits until the given time, acquires (blocking, no expiry), counts the
+ *     acquisition in `acquired:<name>`, and holds the lock until killed.
+ */
+
+import { Redis } from "ioredis";
+import { acquire } from "../mod.ts";
+
+const [mode, port, name, arg] = Deno.args;
+const redis = new Redis(Number(port), "127.0.0.1");
+const now = () => performance.timeOrigin + performance.now();
+
+if (mode === "count") {
+  const intervals: [number, number][] = [];
+  for (let i = 0; i < Number(arg); i++) {
+    await using _lock = await acquire(redis, name, { expire: 10_000 });
+    const start = now();
+    const value = Number(await redis.get(`counter:${name}`) ?? 0);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+    await redis.set(`counter:${name}`, value + 1);
+    intervals.push([start, now()]);
+  }
+  console.log(JSON.stringify({ pid: Deno.pid, intervals }));
+  await redis.quit();
+} else {
+  await new Promise((resolve) => setTimeout(resolve, Number(arg) - Date.now()));
+  await acquire(redis, name);
+  await redis.incr(`acquired:${name}`);
+  await new Promise(() => {}); // hold until killed
+}

@@ -1,0 +1,146 @@
+/**
+ * Wire compatibility with python-redis-lock 4.x. A test plays the Python
+ * peer's side with raw commands, as its `Lock` issues them:
+ * `SET lock:<name> <id> NX EX <seconds>` to acquire, `BLPOP
+ * lock-signal:<name> <timeout>` to wait, and its UNLOCK script's effect
+ * (`DEL` signal, `LPUSH` signal 1, `PEXPIRE` signal, `DEL` lock, atomically)
+ * to release.
+ */
+
+import assert from "node:assert/strict";
+import { Redis } from "ioredis";
+import { acquire, Lock, resetAll } from "../mod.ts";
+import { RespClient } from "./_resp.ts";
+import { RedisServer } from "./_server.ts";
+
+/** The Python peer: its own connection and id, its commands. */
+class PythonPeer {
+  readonly id = "cHl0aG9uLXBlZXItaWQtMDAx"; // 24 characters, as b64encode(urandom(18))
+  readonly #redis: RespClient;
+  readonly #name: string;
+
+  constructor(redis: RespClient, name: string) {
+    this.#redis = redis;
+    this.#name = name;
+  }
+
+  /** `Lock.acquire(blocking=False)` with `expire=10`. */
+  async tryAcquire(): Promise<boolean> {
+    const reply = await this.#redis.command(
+      "SET",
+      `lock:${this.#name}`,
+      this.id,
+      "NX",
+      "EX",
+      10,
+    );
+    return reply === "OK";
+  }
+
+  /** The wait inside `Lock.acquire()`: `BLPOP` on the signal list. */
+  waitForSignal(seconds: number): Promise<unknown> {
+    return this.#redis.command("BLPOP", `lock-signal:${this.#name}`, seconds);
+  }
+
+  /** `Lock.release()`: the UNLOCK script's effect, after its id check. */
+  async release(): Promise<void> {
+    assert.equal(
+      await this.#redis.command("GET", `lock:${this.#name}`),
+      this.id,
+    );
+    const signal = `lock-signal:${this.#name}`;
+    await this.#redis.command("MULTI");
+    await this.#redis.command("DEL", signal);
+    await this.#redis.command("LPUSH", signal, 1);
+    await this.#redis.command("PEXPIRE", signal, 1000);
+    await this.#redis.command("DEL", `lock:${this.#name}`);
+    await this.#redis.command("EXEC");
+  }
+}
+
+async function setup() {
+  const server = await RedisServer.start();
+  const peer = await RespClient.connect(server.port);
+  const app = new Redis(server.port, server.hostname);
+  return {
+    server,
+    peer,
+    app,
+    async [Symbol.asyncDispose]() {
+      await app.quit();
+      await peer.close();
+      await server[Symbol.asyncDispose]();
+    },
+  };
+}
+
+const blocked = async (raw: RespClient, count: number) => {
+  for (let i = 0; i < 500; i++) {
+    const info = String(await raw.command("INFO", "clients"));
+    if (Number(/blocked_clients:(\d+)/.exec(info)![1]) >= count) return;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  throw new Error(`expected ${count} blocked clients`);
+};
+
+Deno.test("a Python peer's lock excludes us, and its release wakes our waiter", async () => {
+  await using env = await setup();
+  const python = new PythonPeer(env.peer, "shared");
+  assert.equal(await python.tryAcquire(), true);
+
+  const lock = new Lock(env.app, "shared");
+  assert.equal(await lock.acquire({ blocking: false }), false);
+  assert.equal(await lock.ownerId(), python.id);
+  assert.equal(await lock.locked(), true);
+
+  const started = Date.now();
+  const waiting = lock.acquire({ timeout: 8_000 });
+  const raw = await RespClient.connect(env.server.port);
+  await blocked(raw, 1);
+  await python.release();
+  assert.equal(await waiting, true);
+  // Woken by the release: the Python lock had 10 s to live and we waited 8.
+  assert.ok(Date.now() - started < 4_000);
+  assert.equal(await raw.command("GET", "lock:shared"), lock.id);
+  await lock.release();
+  await raw.close();
+});
+
+Deno.test("our lock excludes a Python peer, and our release ends its BLPOP", async () => {
+  await using env = await setup();
+  const python = new PythonPeer(env.peer, "shared");
+  const lock = await acquire(env.app, "shared", { expire: 10_000 });
+  assert.equal(await python.tryAcquire(), false);
+
+  const popped = python.waitForSignal(8);
+  const raw = await RespClient.connect(env.server.port);
+  await blocked(raw, 1);
+  await lock.release();
+  assert.deepEqual(await popped, ["lock-signal:shared", "1"]);
+  assert.equal(await python.tryAcquire(), true);
+  assert.equal(await new Lock(env.app, "shared").ownerId(), python.id);
+  await python.release();
+  await raw.close();
+});
+
+Deno.test("a Python peer's BLPOP returns on our reset and resetAll", async () => {
+  await using env = await setup();
+  const python = new PythonPeer(env.peer, "shared");
+  for (
+    const reset of [
+      () => new Lock(env.app, "shared").reset(),
+      () => resetAll(env.app),
+    ]
+  ) {
+    const _held = await acquire(env.app, "shared");
+    const popped = python.waitForSignal(8);
+    const raw = await RespClient.connect(env.server.port);
+    await blocked(raw, 1);
+    await reset();
+    assert.deepEqual(await popped, ["lock-signal:shared", "1"]);
+    assert.equal(await python.tryAcquire(), true);
+    await python.release();
+    await raw.command("DEL", "lock-signal:shared");
+    await raw.close();
+  }
+});
