@@ -78,7 +78,14 @@ export class Waiter implements AsyncDisposable {
     const interrupt = (why: WakeReason | "aborted") => {
       if (reason !== undefined || settled) return;
       reason = why;
-      unblocking = this.#unblock(blocking.id, () => settled);
+      unblocking = this.#unblock(blocking.id, () => settled).catch(
+        async (error) => {
+          // Without CLIENT UNBLOCK the BLPOP would sleep on: end it by
+          // closing its connection.
+          await blocking.connection.close();
+          throw error;
+        },
+      );
     };
     const timer = wakeAt === Infinity ? undefined : setTimeout(
       () => interrupt(wakeAt === request.deadline ? "timeout" : "expired"),

@@ -43,7 +43,7 @@ export const delay = (ms: number): Promise<void> =>
 
 /** Resolves once the server counts at least `count` clients blocked in a command. */
 export async function blockedClients(
-  ctx: Context,
+  ctx: Pick<Context, "raw">,
   count: number,
 ): Promise<void> {
   const deadline = Date.now() + 5_000;

@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { Redis } from "ioredis";
 import { acquire, Lock, resetAll } from "../mod.ts";
 import { RespClient } from "./_resp.ts";
+import { blockedClients } from "./_scenarios.ts";
 import { RedisServer } from "./_server.ts";
 
 /** The Python peer: its own connection and id, its commands. */
@@ -74,14 +75,11 @@ async function setup() {
   };
 }
 
-const blocked = async (raw: RespClient, count: number) => {
-  for (let i = 0; i < 500; i++) {
-    const info = String(await raw.command("INFO", "clients"));
-    if (Number(/blocked_clients:(\d+)/.exec(info)![1]) >= count) return;
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-  throw new Error(`expected ${count} blocked clients`);
-};
+const blocked = (raw: RespClient, count: number) =>
+  blockedClients(
+    { raw: (command, ...args) => raw.command(command, ...args) },
+    count,
+  );
 
 Deno.test("a Python peer's lock excludes us, and its release wakes our waiter", async () => {
   await using env = await setup();
