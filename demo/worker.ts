@@ -8,7 +8,7 @@
  */
 
 import { Redis } from "ioredis";
-import { acquire } from "../mod.ts";
+import { acquire, shutdown } from "../mod.ts";
 
 const [url, seconds, mode] = Deno.args;
 const redis = new Redis(url);
@@ -30,4 +30,5 @@ while (Date.now() < until) {
   increments++;
 }
 console.log(increments);
+await shutdown(redis);
 await redis.quit();

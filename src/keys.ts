@@ -1,7 +1,7 @@
 /**
  * Key names. `lock:<name>` and `lock-signal:<name>` are python-redis-lock's
- * own; the others are this library's additions and a Python peer never reads
- * or writes them.
+ * own; the others are this library's additions, and a Python peer never
+ * reads or writes them.
  *
  * @module
  */
@@ -9,8 +9,17 @@
 /** Prefix of lock keys; `resetAll()` scans for it. */
 export const LOCK_PREFIX = "lock:";
 
-/** Prefix of signal lists, where releases leave wake-ups. */
+/** Prefix of signal lists, where releases leave wake-ups for waiters. */
 export const SIGNAL_PREFIX = "lock-signal:";
+
+/** Prefix of the queues of this library's waiters. */
+export const QUEUE_PREFIX = "lock-queue:";
+
+/**
+ * Prefix of wake lists: one per waiting process, where hand-overs are
+ * pushed. The process's random id follows.
+ */
+export const WAKE_PREFIX = "lock-wake:";
 
 /**
  * The fencing counter. One counter serves every lock name, so that no key
@@ -19,21 +28,40 @@ export const SIGNAL_PREFIX = "lock-signal:";
  */
 export const FENCE_KEY = "lock-fence";
 
-/** The keys of one lock. */
+/**
+ * The longest expiry a hand-over gives the new holder, in ms. The holder
+ * lengthens it to its own `expire` once running; a process that died while
+ * queued holds the lock no longer than this.
+ */
+export const HAND_OVER_EXPIRE = 5_000;
+
+/** The keys of one lock, in the order every script takes them. */
 export interface LockKeys {
   /** String holding the holder's id. */
   readonly lock: string;
-  /** List a release pushes a wake-up to. */
+  /** List a release without queued waiters pushes a wake-up to. */
   readonly signal: string;
+  /** List of queued waiters of this library. */
+  readonly queue: string;
   /** Counter the fencing tokens are drawn from. */
   readonly fence: string;
+  /** Prefix of the wake lists of waiting processes. */
+  readonly wakePrefix: string;
+  /** `[lock, signal, queue, fence]`, as every script takes them. */
+  readonly all: readonly string[];
 }
 
 /** The keys of the lock called `name`. */
 export function lockKeys(name: string): LockKeys {
+  const lock = LOCK_PREFIX + name;
+  const signal = SIGNAL_PREFIX + name;
+  const queue = QUEUE_PREFIX + name;
   return {
-    lock: LOCK_PREFIX + name,
-    signal: SIGNAL_PREFIX + name,
+    lock,
+    signal,
+    queue,
     fence: FENCE_KEY,
+    wakePrefix: WAKE_PREFIX,
+    all: [lock, signal, queue, FENCE_KEY],
   };
 }

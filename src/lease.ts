@@ -1,7 +1,8 @@
 /**
  * A lease: one holding of a lock, from acquisition to release or loss. It
- * owns the timers of that holding (auto-renewal, and the moment the expiry
- * passes without renewal) and the `AbortController` behind `lock.signal`.
+ * owns the timers of that holding (taking the lock's own expiry after a
+ * hand-over, auto-renewal, and the moment the expiry passes without renewal)
+ * and the `AbortController` behind `lock.signal`.
  *
  * @module
  */
@@ -10,24 +11,28 @@ import { unrefTimer } from "./_runtime.ts";
 import { LockLostError } from "./errors.ts";
 import { MAX_TIMER_DELAY } from "./options.ts";
 
-/** What a renewal found: extended, gone or held by another id, or kept without expiry. */
-export type RenewResult = "extended" | "lost" | "persistent";
-
-/** How a lease renews itself. */
-export interface Renewal {
-  /** The expiry each renewal sets, in ms; renewals run every third of it. */
-  readonly expire: number;
+/** How a lease keeps its lock. */
+export interface Keeping {
+  /** The lock's own expiry in ms; `undefined`: it never expires. */
+  readonly expire: number | undefined;
+  /** Whether to renew every third of `expire` while held. */
+  readonly autoRenewal: boolean;
   /**
-   * Extends the lock in Redis. It must not refer to the `Lock`, so that a
-   * lock dropped without release can be collected and its renewal stop.
+   * Sets the lock's expiry to `ms` (`undefined`: none) if this id still
+   * holds it; resolves `false` if it does not. It must not refer to the
+   * `Lock`, so that a lock dropped without release can be collected and its
+   * renewal stop.
    */
-  readonly renew: () => Promise<RenewResult>;
+  readonly keep: (ms: number | undefined) => Promise<boolean>;
 }
 
 type Timer = ReturnType<typeof setTimeout>;
 
 function later(ms: number, callback: () => void): Timer {
-  const timer = setTimeout(callback, Math.min(ms, MAX_TIMER_DELAY));
+  const timer = setTimeout(
+    callback,
+    Math.min(Math.max(0, ms), MAX_TIMER_DELAY),
+  );
   unrefTimer(timer);
   return timer;
 }
@@ -39,10 +44,9 @@ export class Lease {
   readonly #name: string;
   readonly #controller: AbortController;
   readonly #owner: WeakRef<object>;
-  readonly #renewal: Renewal | undefined;
-  #deadline = Infinity;
+  readonly #keeping: Keeping;
   #expiryTimer: Timer | undefined;
-  #renewTimer: Timer | undefined;
+  #keepTimer: Timer | undefined;
   #ended = false;
 
   /**
@@ -52,26 +56,34 @@ export class Lease {
    * @param token The fencing token drawn by the acquisition.
    * @param controller Aborted when the holding ends.
    * @param owner The `Lock`, held weakly: renewal stops once it is collected.
-   * @param sentAt `performance.now()` when the acquiring command was sent.
-   * @param expire The lock's expiry in ms, if any.
-   * @param renewal How to renew, if auto-renewal is on.
+   * @param since `performance.now()` before which the lock was certainly
+   * not yet set for this holder: its expiry is counted from there.
+   * @param initial The expiry the lock was set with, in ms: the lock's own,
+   * or less after a hand-over; `undefined` when it never expires.
+   * @param keeping The lock's own expiry, auto-renewal, and how to keep it.
    */
   constructor(
     name: string,
     token: number,
     controller: AbortController,
     owner: object,
-    sentAt: number,
-    expire: number | undefined,
-    renewal: Renewal | undefined,
+    since: number,
+    initial: number | undefined,
+    keeping: Keeping,
   ) {
     this.#name = name;
     this.token = token;
     this.#controller = controller;
     this.#owner = new WeakRef(owner);
-    this.#renewal = renewal;
-    if (expire !== undefined) this.extended(sentAt, expire);
-    this.#scheduleRenewal();
+    this.#keeping = keeping;
+    this.extended(since, initial);
+    // After a hand-over the lock first takes its own expiry, then renews.
+    if (
+      initial !== undefined &&
+      (initial !== keeping.expire || keeping.autoRenewal)
+    ) {
+      this.#scheduleKeep(since + initial / 3, initial);
+    }
   }
 
   /** Whether the holding has ended (released or lost). */
@@ -90,17 +102,16 @@ export class Lease {
   }
 
   /**
-   * Records an extension: the lock now lives until `sentAt + expire` at the
+   * Records an extension: the lock now lives until `since + expire` at the
    * latest, counted from when the extending command was sent.
    */
-  extended(sentAt: number, expire: number | undefined): void {
+  extended(since: number, expire: number | undefined): void {
     if (this.#ended) return;
     clearTimeout(this.#expiryTimer);
     this.#expiryTimer = undefined;
-    this.#deadline = expire === undefined ? Infinity : sentAt + expire;
-    if (this.#deadline === Infinity) return;
+    if (expire === undefined) return;
     this.#expiryTimer = later(
-      Math.max(0, this.#deadline - performance.now()),
+      since + expire - performance.now(),
       () =>
         this.lose(
           `Lock '${this.#name}' expired after ${expire} ms without renewal`,
@@ -108,35 +119,44 @@ export class Lease {
     );
   }
 
-  #scheduleRenewal(): void {
-    const renewal = this.#renewal;
-    if (renewal === undefined || this.#ended) return;
-    this.#renewTimer = later(Math.ceil(renewal.expire / 3), async () => {
-      this.#renewTimer = undefined;
+  /**
+   * Schedules the next extension, to the lock's own expiry, at `at`;
+   * `inForce` is the expiry set last, which paces a retry.
+   */
+  #scheduleKeep(at: number, inForce: number): void {
+    if (this.#ended) return;
+    this.#keepTimer = later(at - performance.now(), async () => {
+      this.#keepTimer = undefined;
       if (this.#owner.deref() === undefined) {
         this.lose(
           `Lock '${this.#name}' was garbage collected without release`,
         );
         return;
       }
+      const { expire, autoRenewal, keep } = this.#keeping;
       const sentAt = performance.now();
-      let result: RenewResult | undefined;
+      let held: boolean | undefined;
       try {
-        result = await renewal.renew();
+        held = await keep(expire);
       } catch {
-        // A failed renewal is retried at the next tick; the expiry timer
-        // reports the loss if none succeeds in time.
+        // Retried at the next tick; the expiry timer reports the loss if no
+        // attempt succeeds in time.
       }
       if (this.#ended) return;
-      if (result === "lost") {
+      if (held === false) {
         this.lose(
           `Lock '${this.#name}' was found gone or held by another id when renewing`,
         );
         return;
       }
-      if (result === "extended") this.extended(sentAt, renewal.expire);
-      if (result === "persistent") this.extended(sentAt, undefined);
-      this.#scheduleRenewal();
+      if (held === undefined) {
+        this.#scheduleKeep(performance.now() + inForce / 3, inForce);
+        return;
+      }
+      this.extended(sentAt, expire);
+      if (autoRenewal && expire !== undefined) {
+        this.#scheduleKeep(performance.now() + expire / 3, expire);
+      }
     });
   }
 
@@ -150,8 +170,8 @@ export class Lease {
     if (this.#ended) return;
     this.#ended = true;
     clearTimeout(this.#expiryTimer);
-    clearTimeout(this.#renewTimer);
-    this.#expiryTimer = this.#renewTimer = undefined;
+    clearTimeout(this.#keepTimer);
+    this.#expiryTimer = this.#keepTimer = undefined;
     this.#controller.abort(reason);
   }
 }

@@ -13,7 +13,7 @@ import {
   NotExpirableError,
 } from "./errors.ts";
 import { type LockKeys, lockKeys } from "./keys.ts";
-import { Lease, type RenewResult } from "./lease.ts";
+import { Lease } from "./lease.ts";
 import {
   type AcquireLockOptions,
   type AcquireOptions,
@@ -24,12 +24,13 @@ import {
   validateName,
 } from "./options.ts";
 import type { LockOptions } from "./options.ts";
-import { ACQUIRE, EXTEND, RELEASE, RESET, Script } from "./scripts.ts";
-import { Waiter } from "./waiter.ts";
+import { ACQUIRE, EXTEND, KEEP, RELEASE, RESET, Script } from "./scripts.ts";
+import { type Acquisition, waiterOf } from "./waiter.ts";
 
 const acquireScript = new Script(ACQUIRE);
 const releaseScript = new Script(RELEASE);
 const extendScript = new Script(EXTEND);
+const keepScript = new Script(KEEP);
 const resetScript = new Script(RESET);
 
 /** 18 random bytes in base64, as python-redis-lock makes its ids. */
@@ -54,22 +55,20 @@ async function attempt<T>(
 }
 
 /**
- * The renewal of a lease, made from plain values so that it does not keep
- * the `Lock` alive.
+ * How a lease sets its lock's expiry, made from plain values so that it does
+ * not keep the `Lock` alive.
  */
-function renewer(
+function keeper(
   connection: Connection,
   keys: LockKeys,
   id: string,
-  expire: number,
-): () => Promise<RenewResult> {
-  return async () => {
-    const reply = await extendScript.run(connection, [keys.lock], [
+  signalExpire: number,
+): (ms: number | undefined) => Promise<boolean> {
+  return async (ms) =>
+    await keepScript.call(connection, keys, signalExpire, [
       id,
-      String(expire),
-    ]);
-    return reply === 0 ? "extended" : reply === 2 ? "persistent" : "lost";
-  };
+      ms === undefined ? "" : String(ms),
+    ]) === 0;
 }
 
 /**
@@ -194,53 +193,58 @@ export class Lock implements AsyncDisposable {
         `Lock '${this.name}' is already acquired by this instance`,
       );
     }
-    const deadline = performance.now() + timeout;
-    await using waiter = new Waiter(this.#connection);
-    for (;;) {
+    if (!blocking || timeout === 0) {
       const sentAt = performance.now();
-      const [status, value] = await this.#tryAcquire();
-      if (status === 1) {
-        if (signal?.aborted) {
-          await this.#releaseQuietly();
-          signal.throwIfAborted();
-        }
-        this.#hold(value, sentAt);
-        return true;
-      }
-      if (status === 2) {
-        throw new AlreadyAcquiredError(
-          `Lock '${this.name}' is already held with id '${this.id}'`,
-        );
-      }
-      if (!blocking || performance.now() >= deadline) return false;
+      const [status, token] = await this.#try();
+      if (status === 2) throw this.#alreadyHeld();
+      if (status === 0) return false;
+      return this.#take(
+        { token, since: sentAt, initial: this.#expire },
+        signal,
+      );
+    }
+    const deadline = performance.now() + timeout;
+    for (;;) {
+      let acquisition: Acquisition | undefined;
       try {
-        await waiter.wait({
-          signalKey: this.#keys.signal,
+        acquisition = await waiterOf(this.#connection).acquire({
+          name: this.name,
+          keys: this.#keys,
+          id: this.id,
+          expire: this.#expire,
           signalExpire: this.#signalExpire,
-          ttl: value,
           deadline,
           signal,
         });
       } catch (error) {
-        if (error instanceof TypeError) throw error;
-        if (signal?.aborted && error === signal.reason) throw error;
+        if (error instanceof LockError || error === signal?.reason) throw error;
         throw new LockError(
-          `Cannot wait for lock '${this.name}': Redis failed`,
+          `Cannot acquire lock '${this.name}': Redis failed`,
           { cause: error },
         );
       }
+      if (acquisition === undefined) return false;
+      const confirmed = await this.#confirm(acquisition);
+      if (confirmed !== undefined) return this.#take(confirmed, signal);
     }
   }
 
-  async #tryAcquire(): Promise<[number, number]> {
+  #alreadyHeld(): AlreadyAcquiredError {
+    return new AlreadyAcquiredError(
+      `Lock '${this.name}' is already held with id '${this.id}'`,
+    );
+  }
+
+  /** One attempt, never queued: `[1, token]`, `[2]` held by this id, `[0]` busy. */
+  async #try(): Promise<number[]> {
     const expire = this.#expire === undefined ? "" : String(this.#expire);
     try {
-      const reply = await acquireScript.run(
+      return await acquireScript.call(
         this.#connection,
-        [this.#keys.lock, this.#keys.fence],
-        [this.id, expire],
+        this.#keys,
+        this.#signalExpire,
+        [this.id, expire, ""],
       ) as number[];
-      return [reply[0], reply[1]];
     } catch (error) {
       // The reply may be lost after the script ran: leave nothing behind.
       await this.#releaseQuietly();
@@ -250,33 +254,60 @@ export class Lock implements AsyncDisposable {
     }
   }
 
-  async #releaseQuietly(): Promise<void> {
-    await releaseScript.run(
-      this.#connection,
-      [this.#keys.lock, this.#keys.signal],
-      [this.id, String(this.#signalExpire)],
-    ).catch(() => {});
+  #keeper(): (ms: number | undefined) => Promise<boolean> {
+    return keeper(this.#connection, this.#keys, this.id, this.#signalExpire);
   }
 
-  #hold(token: number, sentAt: number): void {
+  /**
+   * A hand-over that sat in the wake list for long may leave the lock with
+   * little of its expiry: then the expiry is set anew before the lock counts
+   * as taken. Resolves `undefined` if it has meanwhile expired.
+   */
+  async #confirm(acquisition: Acquisition): Promise<Acquisition | undefined> {
+    const { initial, since } = acquisition;
+    if (initial === undefined || performance.now() - since <= initial / 3) {
+      return acquisition;
+    }
+    const sentAt = performance.now();
+    const keep = this.#keeper();
+    if (await attempt("acquire", this.name, () => keep(this.#expire))) {
+      return { ...acquisition, since: sentAt, initial: this.#expire };
+    }
+    return undefined;
+  }
+
+  /** Starts holding; with the signal aborted meanwhile, releases instead. */
+  async #take(acquisition: Acquisition, signal?: AbortSignal): Promise<true> {
+    if (signal?.aborted) {
+      await this.#releaseQuietly();
+      signal.throwIfAborted();
+    }
     if (this.#controller.signal.aborted) {
       this.#controller = new AbortController();
     }
-    const expire = this.#expire;
     this.#lease = new Lease(
       this.name,
-      token,
+      acquisition.token,
       this.#controller,
       this,
-      sentAt,
-      expire,
-      this.#autoRenewal && expire !== undefined
-        ? {
-          expire,
-          renew: renewer(this.#connection, this.#keys, this.id, expire),
-        }
-        : undefined,
+      acquisition.since,
+      acquisition.initial,
+      {
+        expire: this.#expire,
+        autoRenewal: this.#autoRenewal,
+        keep: this.#keeper(),
+      },
     );
+    return true;
+  }
+
+  async #releaseQuietly(): Promise<void> {
+    await releaseScript.call(
+      this.#connection,
+      this.#keys,
+      this.#signalExpire,
+      [this.id],
+    ).catch(() => {});
   }
 
   /**
@@ -297,12 +328,14 @@ export class Lock implements AsyncDisposable {
     const lease = this.#lease;
     const wasLost = lease?.lost ?? false;
     lease?.end(new LockError(`Lock '${this.name}' was released`));
-    const reply = await attempt("release", this.name, () =>
-      releaseScript.run(
-        this.#connection,
-        [this.#keys.lock, this.#keys.signal],
-        [this.id, String(this.#signalExpire)],
-      ));
+    const reply = await attempt(
+      "release",
+      this.name,
+      () =>
+        releaseScript.call(this.#connection, this.#keys, this.#signalExpire, [
+          this.id,
+        ]),
+    );
     if (reply === 1) {
       throw new NotAcquiredError(
         `Lock '${this.name}' is not acquired with id '${this.id}' or it already expired`,
@@ -349,7 +382,7 @@ export class Lock implements AsyncDisposable {
       "extend",
       this.name,
       () =>
-        extendScript.run(this.#connection, [this.#keys.lock], [
+        extendScript.call(this.#connection, this.#keys, this.#signalExpire, [
           this.id,
           String(ms),
         ]),
@@ -414,12 +447,12 @@ export class Lock implements AsyncDisposable {
    * ```
    */
   async reset(): Promise<void> {
-    await attempt("reset", this.name, () =>
-      resetScript.run(
-        this.#connection,
-        [this.#keys.lock, this.#keys.signal],
-        [String(this.#signalExpire)],
-      ));
+    await attempt(
+      "reset",
+      this.name,
+      () =>
+        resetScript.call(this.#connection, this.#keys, this.#signalExpire, []),
+    );
     this.#lease?.lose(`Lock '${this.name}' was reset`);
   }
 

@@ -6,7 +6,7 @@
 
 import { type RedisClient, toConnection } from "./clients.ts";
 import { LockError } from "./errors.ts";
-import { LOCK_PREFIX, SIGNAL_PREFIX } from "./keys.ts";
+import { LOCK_PREFIX, lockKeys } from "./keys.ts";
 import { positiveInteger } from "./options.ts";
 import { RESET, Script } from "./scripts.ts";
 
@@ -44,8 +44,10 @@ export async function resetAll(
   client: RedisClient,
   options?: ResetAllOptions,
 ): Promise<number> {
-  const signalExpire = String(
-    positiveInteger("reset all", "signalExpire", options?.signalExpire ?? 1000),
+  const signalExpire = positiveInteger(
+    "reset all",
+    "signalExpire",
+    options?.signalExpire ?? 1000,
   );
   const connection = toConnection(client);
   let cursor = "0";
@@ -62,10 +64,11 @@ export async function resetAll(
       cursor = String(next);
       for (const key of keys) {
         const name = key.slice(LOCK_PREFIX.length);
-        count += await resetScript.run(
+        count += await resetScript.call(
           connection,
-          [key, SIGNAL_PREFIX + name],
-          [signalExpire],
+          lockKeys(name),
+          signalExpire,
+          [],
         ) as number;
       }
     } while (cursor !== "0");

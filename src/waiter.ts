@@ -1,143 +1,671 @@
 /**
- * Waiting for a busy lock without polling: the waiter sleeps in `BLPOP` on
- * the lock's signal list, on a connection of its own, and is woken by a
- * release, by a timer at the moment the holder's expiry passes, at its
- * timeout, or by its abort signal. Timers interrupt the `BLPOP` with
- * `CLIENT UNBLOCK` from the application's connection, which tells a wait
- * that ended in time from one whose wake-up is already on its way back.
+ * Waiting for busy locks, for a whole process: one waiter per client, on one
+ * connection of its own however many locks wait.
+ *
+ * - Each lock name has a local first-come first-served queue. Only its head
+ *   has an entry in the lock's queue in Redis (`lock-queue:<name>`), so
+ *   later local waiters cost Redis nothing.
+ * - A release hands the lock to the first entry in Redis and pushes
+ *   `<ticket>:<token>` to the wake list of that entry's process: the new
+ *   holder learns it holds the lock from the push itself, with no further
+ *   round trip.
+ * - The waiter sleeps in one `BLPOP` over its wake list and the signal lists
+ *   of the names it waits for (where python-redis-lock releases push). A new
+ *   name interrupts the `BLPOP` with `CLIENT UNBLOCK` to join it.
+ * - A timer per name wakes the waiter when the holder's expiry passes; the
+ *   `BLPOP` times out every `TICK` to look at each name again, which finds a
+ *   process that died after being handed a lock.
+ * - A waiter that gives up leaves its place in Redis to the next local
+ *   waiter, and if the lock was already handed to it, passes the lock on.
  *
  * @module
  */
 
-import type { Connection } from "./clients.ts";
+import {
+  type Connection,
+  type RedisClient,
+  type Reply,
+  toConnection,
+} from "./clients.ts";
+import { AlreadyAcquiredError, LockError } from "./errors.ts";
+import {
+  HAND_OVER_EXPIRE,
+  type LockKeys,
+  lockKeys,
+  SIGNAL_PREFIX,
+  WAKE_PREFIX,
+} from "./keys.ts";
 import { MAX_TIMER_DELAY } from "./options.ts";
-import { PASS_ON, Script } from "./scripts.ts";
+import { ACQUIRE, CANCEL, INSPECT, RELEASE, Script } from "./scripts.ts";
 
-const passOn = new Script(PASS_ON);
+const acquireScript = new Script(ACQUIRE);
+const releaseScript = new Script(RELEASE);
+const inspectScript = new Script(INSPECT);
+const cancelScript = new Script(CANCEL);
 
-/** What one wait is for. */
+/** Seconds a `BLPOP` blocks before the waiter looks at every name again. */
+const TICK = 1;
+
+/** Milliseconds an idle waiter keeps its connection before closing it. */
+const IDLE = 1_000;
+
+/** One `acquire()` that waits. */
 export interface WaitRequest {
-  /** The signal list a release pushes a wake-up to. */
-  readonly signalKey: string;
-  /** How long the signal list keeps a wake-up, in ms. */
+  readonly name: string;
+  readonly keys: LockKeys;
+  readonly id: string;
+  /** The lock's expiry in ms; `undefined`: none. */
+  readonly expire: number | undefined;
   readonly signalExpire: number;
-  /** Remaining life of the holder's key in ms; -1 when it never expires. */
-  readonly ttl: number;
   /** `performance.now()` at which the caller gives up; may be `Infinity`. */
   readonly deadline: number;
-  /** Aborts the wait. */
   readonly signal: AbortSignal | undefined;
 }
 
-/**
- * Why a wait ended: a release left a wake-up, the holder's expiry passed, or
- * the deadline came.
- */
-export type WakeReason = "released" | "expired" | "timeout";
+/** How a wait ended with the lock. */
+export interface Acquisition {
+  /** The fencing token. */
+  readonly token: number;
+  /**
+   * `performance.now()` before which the lock was certainly not yet set for
+   * this holder: its expiry counts from here.
+   */
+  readonly since: number;
+  /**
+   * The expiry the lock was set with, in ms: the lock's own, or at most
+   * `HAND_OVER_EXPIRE` after a hand-over; `undefined`: none.
+   */
+  readonly initial: number | undefined;
+}
 
-const wait = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+type Timer = ReturnType<typeof setTimeout>;
 
-/** The waits of one `acquire()` call, on one blocking connection. */
-export class Waiter implements AsyncDisposable {
+/** Runs INSPECT: `[state, pttl, queued, owner]`. */
+async function inspect(
+  connection: Connection,
+  keys: LockKeys,
+  signalExpire: number | undefined,
+  entry: string | undefined,
+  passOn: boolean,
+): Promise<Reply[]> {
+  return await inspectScript.call(connection, keys, signalExpire ?? 1000, [
+    entry ?? "",
+    passOn ? "1" : "",
+  ]) as Reply[];
+}
+
+const now = () => performance.now();
+const pause = (ms: number) =>
+  new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** One pending `acquire()`. */
+class Wait {
+  readonly request: WaitRequest;
+  readonly #resolve: (value: Acquisition | undefined) => void;
+  readonly #reject: (reason: unknown) => void;
+  settled = false;
+  /** Set when the caller gave up: `undefined` reason for a timeout. */
+  abandoned: { reason: unknown } | undefined;
+  /** Set while this wait has an entry in the queue in Redis. */
+  entry: string | undefined;
+  ticket: string | undefined;
+  /** `performance.now()` before which no hand-over to this wait happened. */
+  since = 0;
+  timer: Timer | undefined;
+  onAbort: (() => void) | undefined;
+
+  constructor(
+    request: WaitRequest,
+    resolve: (value: Acquisition | undefined) => void,
+    reject: (reason: unknown) => void,
+  ) {
+    this.request = request;
+    this.#resolve = resolve;
+    this.#reject = reject;
+  }
+
+  /** The expiry a hand-over gives this waiter. */
+  get handOverExpire(): number {
+    const { expire } = this.request;
+    return expire === undefined
+      ? HAND_OVER_EXPIRE
+      : Math.min(expire, HAND_OVER_EXPIRE);
+  }
+
+  #finish(): boolean {
+    if (this.settled) return false;
+    this.settled = true;
+    clearTimeout(this.timer);
+    if (this.onAbort) {
+      this.request.signal?.removeEventListener("abort", this.onAbort);
+    }
+    return true;
+  }
+
+  resolve(value: Acquisition | undefined): void {
+    if (this.#finish()) this.#resolve(value);
+  }
+
+  reject(reason: unknown): void {
+    if (this.#finish()) this.#reject(reason);
+  }
+
+  /** Settles a wait that gave up: `false` on timeout, the reason on abort. */
+  settleAbandoned(): void {
+    if (this.abandoned?.reason === undefined) this.resolve(undefined);
+    else this.reject(this.abandoned.reason);
+  }
+}
+
+/** The waits of one lock name in this process. */
+class NameQueue {
+  readonly keys: LockKeys;
+  readonly waits: Wait[] = [];
+  /** Redis operations on this name run one after another. */
+  chain: Promise<void> = Promise.resolve();
+  ttlTimer: Timer | undefined;
+
+  constructor(keys: LockKeys) {
+    this.keys = keys;
+  }
+
+  get head(): Wait | undefined {
+    return this.waits[0];
+  }
+}
+
+interface Blocking {
+  readonly connection: Connection;
+  readonly id: string;
+}
+
+interface PendingPop {
+  readonly keys: ReadonlySet<string>;
+  readonly sentAt: number;
+  interrupted: boolean;
+}
+
+function randomProcessId(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-")
+    .replaceAll("/", "_");
+}
+
+/** Every wait of this process on one client. */
+export class Waiter {
   readonly #main: Connection;
-  #blocking: Promise<{ connection: Connection; id: string }> | undefined;
+  readonly #process = randomProcessId();
+  readonly #wakeKey = WAKE_PREFIX + this.#process;
+  readonly #queues = new Map<string, NameQueue>();
+  /** Waits with an entry in Redis, by ticket. */
+  readonly #tickets = new Map<string, Wait>();
+  #sequence = 0;
+  #blocking: Promise<Blocking> | undefined;
+  #pending: PendingPop | undefined;
+  #popping: Promise<void> = Promise.resolve();
+  #unblocking: Promise<void> | undefined;
+  /** Sent time of the latest `BLPOP` that found the wake list empty. */
+  #emptyAt = -Infinity;
+  #idleTimer: Timer | undefined;
+  #closed = false;
 
   constructor(main: Connection) {
     this.#main = main;
   }
 
-  async #open(): Promise<{ connection: Connection; id: string }> {
-    const connection = await this.#main.duplicate();
-    try {
-      const id = String(await connection.send("CLIENT", ["ID"]));
-      return { connection, id };
-    } catch (error) {
-      await connection.close();
-      throw error;
-    }
-  }
-
   /**
-   * Sleeps until a wake-up, the holder's expiry, the deadline or an abort.
-   * An aborted wait that had taken a wake-up puts it back before rejecting
-   * with the signal's reason.
+   * Waits for the lock: resolves with the acquisition, or `undefined` when
+   * the deadline passed; rejects with the signal's reason when aborted.
    */
-  async wait(request: WaitRequest): Promise<WakeReason> {
-    const { signal } = request;
-    signal?.throwIfAborted();
-    const blocking = await (this.#blocking ??= this.#open());
-    signal?.throwIfAborted();
+  acquire(request: WaitRequest): Promise<Acquisition | undefined> {
+    const { promise, resolve, reject } = Promise.withResolvers<
+      Acquisition | undefined
+    >();
+    const wait = new Wait(request, resolve, reject);
+    let queue = this.#queues.get(request.name);
+    if (queue === undefined) {
+      queue = new NameQueue(request.keys);
+      this.#queues.set(request.name, queue);
+    }
+    queue.waits.push(wait);
+    clearTimeout(this.#idleTimer);
+    this.#idleTimer = undefined;
 
-    const now = performance.now();
-    const expiresAt = request.ttl >= 0 ? now + request.ttl : Infinity;
-    const wakeAt = Math.min(expiresAt, request.deadline);
-    let reason: WakeReason | "aborted" | undefined;
-    let settled = false;
-    let unblocking: Promise<void> | undefined;
-
-    const interrupt = (why: WakeReason | "aborted") => {
-      if (reason !== undefined || settled) return;
-      reason = why;
-      unblocking = this.#unblock(blocking.id, () => settled).catch(
-        async (error) => {
-          // Without CLIENT UNBLOCK the BLPOP would sleep on: end it by
-          // closing its connection.
-          await blocking.connection.close();
-          throw error;
-        },
+    const { deadline, signal } = request;
+    if (deadline !== Infinity) {
+      wait.timer = setTimeout(
+        () => this.#giveUp(queue, wait, undefined),
+        Math.min(Math.max(0, deadline - now()), MAX_TIMER_DELAY),
       );
-    };
-    const timer = wakeAt === Infinity ? undefined : setTimeout(
-      () => interrupt(wakeAt === request.deadline ? "timeout" : "expired"),
-      Math.min(Math.max(0, wakeAt - now), MAX_TIMER_DELAY),
-    );
-    const onAbort = () => interrupt("aborted");
-    signal?.addEventListener("abort", onAbort, { once: true });
+    }
+    if (signal !== undefined) {
+      wait.onAbort = () => this.#giveUp(queue, wait, { reason: signal.reason });
+      signal.addEventListener("abort", wait.onAbort, { once: true });
+    }
+    if (queue.waits.length === 1) {
+      this.#serial(queue, () => this.#advance(queue));
+    }
+    return promise;
+  }
 
-    try {
-      const reply = await blocking.connection.send("BLPOP", [
-        request.signalKey,
-        "0",
-      ]);
-      settled = true;
-      await unblocking;
-      if (reason === "aborted") {
-        if (reply !== null) {
-          await passOn.run(this.#main, [request.signalKey], [
-            String(request.signalExpire),
-          ]);
-        }
-        throw signal!.reason;
+  /** Runs `operation` after every earlier operation on the same name. */
+  #serial(queue: NameQueue, operation: () => Promise<void>): void {
+    queue.chain = queue.chain.then(operation).catch((error) =>
+      this.#failQueue(queue, error)
+    );
+  }
+
+  /** A Redis failure in an operation on a name fails its waits. */
+  #failQueue(queue: NameQueue, error: unknown): void {
+    for (const wait of queue.waits.splice(0)) {
+      if (wait.ticket !== undefined) this.#tickets.delete(wait.ticket);
+      wait.reject(
+        new LockError(
+          `Cannot wait for lock '${wait.request.name}': Redis failed`,
+          { cause: error },
+        ),
+      );
+    }
+    this.#forget(queue);
+  }
+
+  #newEntry(wait: Wait): string {
+    const { id, expire } = wait.request;
+    wait.ticket = String(++this.#sequence);
+    wait.entry = `${this.#process}|${wait.ticket}|${expire ?? ""}|${id}`;
+    return wait.entry;
+  }
+
+  /**
+   * Lets the head of a name's queue try the lock, and queue in Redis when it
+   * is busy; settles heads for as long as they get an answer at once.
+   */
+  async #advance(queue: NameQueue): Promise<void> {
+    for (;;) {
+      const head = queue.head;
+      if (head === undefined) {
+        this.#forget(queue);
+        return;
       }
-      return reply !== null || reason === undefined ? "released" : reason;
-    } finally {
-      settled = true;
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
-      await unblocking?.catch(() => {});
+      if (head.entry !== undefined) return;
+      const { keys, id, expire, signalExpire } = head.request;
+      const entry = head.abandoned ? "" : this.#newEntry(head);
+      const sentAt = now();
+      const [status, value] = await acquireScript.call(
+        this.#main,
+        keys,
+        signalExpire,
+        [id, expire === undefined ? "" : String(expire), entry],
+      ) as number[];
+      if (status === 0 && !head.abandoned) {
+        head.since = sentAt;
+        this.#tickets.set(head.ticket!, head);
+        this.#armExpiry(queue, value);
+        this.#pump();
+        return;
+      }
+      queue.waits.shift();
+      head.entry = undefined;
+      if (status === 0) {
+        await this.#cancel(head, "");
+        head.settleAbandoned();
+      } else if (status === 2) {
+        head.reject(
+          new AlreadyAcquiredError(
+            `Lock '${head.request.name}' is already held with id '${id}'`,
+          ),
+        );
+      } else if (head.abandoned?.reason !== undefined) {
+        await releaseScript.call(this.#main, keys, signalExpire, [id]);
+        head.settleAbandoned();
+      } else {
+        head.resolve({ token: value, since: sentAt, initial: expire });
+      }
+    }
+  }
+
+  /** Gives up a wait: on timeout (`abandoned` undefined) or on abort. */
+  #giveUp(
+    queue: NameQueue,
+    wait: Wait,
+    abandoned: { reason: unknown } | undefined,
+  ): void {
+    if (wait.settled || wait.abandoned) return;
+    wait.abandoned = abandoned ?? { reason: undefined };
+    const index = queue.waits.indexOf(wait);
+    if (index > 0) {
+      // Not yet in Redis: nothing to undo there.
+      queue.waits.splice(index, 1);
+      wait.settleAbandoned();
+      return;
+    }
+    this.#serial(queue, async () => {
+      if (wait.settled || queue.head !== wait || wait.entry === undefined) {
+        return;
+      }
+      await this.#leave(queue, wait);
+    });
+  }
+
+  /**
+   * Takes the head, which gave up, out of the queue in Redis: its place goes
+   * to the next local waiter; a lock already handed to it is passed on.
+   */
+  async #leave(queue: NameQueue, head: Wait): Promise<void> {
+    const next = queue.waits[1];
+    const nextEntry = next === undefined ? "" : this.#newEntry(next);
+    const sentAt = now();
+    const [status, token] = await this.#cancel(head, nextEntry);
+    queue.waits.shift();
+    head.settleAbandoned();
+    if (next === undefined) return this.#advance(queue);
+    next.since = sentAt;
+    if (status === 0) {
+      this.#tickets.set(next.ticket!, next);
+      return;
+    }
+    next.entry = undefined;
+    if (status === 3) {
+      queue.waits.shift();
+      next.resolve({ token, since: sentAt, initial: next.handOverExpire });
+    }
+    await this.#advance(queue);
+  }
+
+  async #cancel(wait: Wait, nextEntry: string): Promise<number[]> {
+    const { keys, id, signalExpire } = wait.request;
+    const entry = wait.entry ?? "";
+    if (wait.ticket !== undefined) this.#tickets.delete(wait.ticket);
+    wait.entry = undefined;
+    return await cancelScript.call(this.#main, keys, signalExpire, [
+      entry,
+      nextEntry,
+      id,
+    ]) as number[];
+  }
+
+  /** A hand-over arrived on the wake list. */
+  #onWake(value: string): void {
+    const colon = value.indexOf(":");
+    const wait = this.#tickets.get(value.slice(0, colon));
+    // A wait that gave up passes the lock on when it leaves the queue.
+    if (wait === undefined || wait.abandoned) return;
+    this.#tickets.delete(wait.ticket!);
+    const queue = this.#queues.get(wait.request.name)!;
+    queue.waits.shift();
+    wait.entry = undefined;
+    wait.resolve({
+      token: Number(value.slice(colon + 1)),
+      since: Math.max(wait.since, this.#emptyAt),
+      initial: wait.handOverExpire,
+    });
+    this.#serial(queue, () => this.#advance(queue));
+  }
+
+  /**
+   * Looks at a name's lock: hands it over when free, learns the holder's
+   * expiry, and queues the head again if its entry was dropped. With
+   * `passOn`, a wake-up taken from the signal list that nobody here needs
+   * is put back.
+   */
+  async #inspect(queue: NameQueue, passOn: boolean): Promise<void> {
+    const head = queue.head;
+    if (head === undefined && !passOn) return;
+    const sentAt = now();
+    const [state, pttl, queued, owner] = await inspect(
+      this.#main,
+      queue.keys,
+      head?.request.signalExpire,
+      head?.entry,
+      passOn,
+    );
+    if (head === undefined || queue.head !== head || head.entry === undefined) {
+      return;
+    }
+    if (queued === 1) {
+      head.since = Math.max(head.since, sentAt);
+      if (state === 0) this.#armExpiry(queue, pttl as number);
+      return;
+    }
+    if (owner === head.request.id) return; // handed to it: the wake-up is coming
+    this.#tickets.delete(head.ticket!);
+    head.entry = undefined;
+    await this.#advance(queue);
+  }
+
+  /** Wakes the name's head when the holder's expiry passes. */
+  #armExpiry(queue: NameQueue, pttl: number): void {
+    clearTimeout(queue.ttlTimer);
+    queue.ttlTimer = undefined;
+    if (pttl < 0) return;
+    queue.ttlTimer = setTimeout(() => {
+      queue.ttlTimer = undefined;
+      this.#serial(queue, () => this.#inspect(queue, false));
+    }, Math.min(pttl + 1, MAX_TIMER_DELAY));
+  }
+
+  /** Drops a name with no waits left. */
+  #forget(queue: NameQueue): void {
+    if (queue.waits.length > 0) return;
+    clearTimeout(queue.ttlTimer);
+    queue.ttlTimer = undefined;
+    for (const [name, q] of this.#queues) {
+      if (q === queue) this.#queues.delete(name);
+    }
+    this.#idleCheck();
+  }
+
+  /** The keys the `BLPOP` should cover: none when nothing is queued. */
+  #wantedKeys(): string[] {
+    if (this.#tickets.size === 0) return [];
+    const keys = [this.#wakeKey];
+    for (const queue of this.#queues.values()) {
+      const entry = queue.head?.entry;
+      if (entry !== undefined) keys.push(queue.head!.request.keys.signal);
+    }
+    return keys;
+  }
+
+  /** Keeps one `BLPOP` running over the wanted keys. */
+  #pump(): void {
+    if (this.#closed) return;
+    const wanted = this.#wantedKeys();
+    if (wanted.length === 0) return this.#idleCheck();
+    const pending = this.#pending;
+    if (pending === undefined) {
+      this.#popping = this.#pop(wanted);
+    } else if (wanted.some((key) => !pending.keys.has(key))) {
+      this.#interrupt(pending);
+    }
+  }
+
+  #connection(): Promise<Blocking> {
+    return this.#blocking ??= (async () => {
+      const connection = await this.#main.duplicate();
+      try {
+        const id = String(await connection.send("CLIENT", ["ID"]));
+        return { connection, id };
+      } catch (error) {
+        await connection.close();
+        throw error;
+      }
+    })();
+  }
+
+  async #pop(keys: string[]): Promise<void> {
+    const pending: PendingPop = {
+      keys: new Set(keys),
+      sentAt: now(),
+      interrupted: false,
+    };
+    this.#pending = pending;
+    let reply: Reply;
+    try {
+      const { connection } = await this.#connection();
+      reply = await connection.send("BLPOP", [...keys, String(TICK)]);
+    } catch (error) {
+      this.#pending = undefined;
+      if (!this.#closed) this.#failAll(error);
+      return;
+    }
+    this.#pending = undefined;
+    if (reply === null) {
+      this.#emptyAt = Math.max(this.#emptyAt, pending.sentAt);
+      if (!pending.interrupted) this.#tick();
+    } else {
+      const [key, value] = reply as string[];
+      if (key === this.#wakeKey) this.#onWake(value);
+      else this.#onSignal(key);
+    }
+    this.#pump();
+  }
+
+  /**
+   * A python-redis-lock release (or a reset) left a wake-up for a name. A
+   * name nobody here waits for any more gets it back.
+   */
+  #onSignal(key: string): void {
+    const name = key.slice(SIGNAL_PREFIX.length);
+    const queue = this.#queues.get(name);
+    if (queue !== undefined) {
+      this.#serial(queue, () => this.#inspect(queue, true));
+    } else {
+      inspect(this.#main, lockKeys(name), undefined, undefined, true).catch(
+        () => {},
+      );
+    }
+  }
+
+  /** The periodic look at every name with a queued head. */
+  #tick(): void {
+    for (const queue of this.#queues.values()) {
+      if (queue.head?.entry !== undefined) {
+        this.#serial(queue, () => this.#inspect(queue, false));
+      }
     }
   }
 
   /**
-   * `CLIENT UNBLOCK` answers 0 both when the `BLPOP` was already served and
-   * when it has not reached the server yet; in the second case it is asked
-   * again until the `BLPOP` settles.
+   * Interrupts the running `BLPOP` with `CLIENT UNBLOCK`, which answers 0
+   * both when the `BLPOP` was served already and when it has not reached
+   * the server yet; in the second case it is asked again.
    */
-  async #unblock(id: string, settled: () => boolean): Promise<void> {
-    for (let attempt = 0; !settled(); attempt++) {
-      if (await this.#main.send("CLIENT", ["UNBLOCK", id]) === 1) return;
-      if (!settled()) await wait(Math.min(1 << attempt, 50));
-    }
+  #interrupt(pending: PendingPop): void {
+    if (this.#unblocking !== undefined) return;
+    pending.interrupted = true;
+    this.#unblocking = (async () => {
+      const { id } = await this.#connection();
+      for (let attempt = 0; this.#pending === pending; attempt++) {
+        if (await this.#main.send("CLIENT", ["UNBLOCK", id]) === 1) return;
+        if (this.#pending === pending) await pause(Math.min(1 << attempt, 20));
+      }
+    })().catch(() => {}).finally(() => {
+      this.#unblocking = undefined;
+    });
   }
 
-  /** Closes the blocking connection, if one was opened. */
-  async [Symbol.asyncDispose](): Promise<void> {
+  #failAll(error: unknown): void {
+    for (const queue of [...this.#queues.values()]) {
+      this.#failQueue(queue, error);
+    }
+    this.#dropConnection();
+  }
+
+  /** Closes the connection once nothing has waited for a while. */
+  #idleCheck(): void {
+    if (
+      this.#closed || this.#queues.size > 0 || this.#pending !== undefined ||
+      this.#idleTimer !== undefined || this.#blocking === undefined
+    ) {
+      return;
+    }
+    this.#idleTimer = setTimeout(() => {
+      this.#idleTimer = undefined;
+      if (this.#queues.size === 0 && this.#pending === undefined) {
+        this.#dropConnection();
+      }
+    }, IDLE);
+  }
+
+  #dropConnection(): Promise<void> {
     const blocking = this.#blocking;
     this.#blocking = undefined;
-    if (blocking === undefined) return;
-    const { connection } = await blocking.catch(() => ({
-      connection: undefined,
-    }));
-    await connection?.close();
+    return blocking?.then(({ connection }) => connection.close(), () => {}) ??
+      Promise.resolve();
   }
+
+  /**
+   * Stops waiting: every pending `acquire()` rejects, their entries leave
+   * the queues in Redis, and the connection closes.
+   */
+  async shutdown(): Promise<void> {
+    this.#closed = true;
+    clearTimeout(this.#idleTimer);
+    this.#idleTimer = undefined;
+    const queues = [...this.#queues.values()];
+    for (const queue of queues) {
+      for (const wait of queue.waits) {
+        wait.abandoned ??= {
+          reason: new LockError(
+            `Stopped waiting for lock '${wait.request.name}': shut down`,
+          ),
+        };
+      }
+      this.#serial(queue, async () => {
+        const head = queue.head;
+        if (head?.entry !== undefined && !head.settled) {
+          await this.#cancel(head, "");
+        }
+        for (const wait of queue.waits.splice(0)) wait.settleAbandoned();
+        this.#forget(queue);
+      });
+    }
+    await Promise.all(queues.map((queue) => queue.chain));
+    const pending = this.#pending;
+    if (pending !== undefined) this.#interrupt(pending);
+    await this.#unblocking;
+    await this.#dropConnection();
+    await this.#popping;
+  }
+}
+
+const waiters = new WeakMap<Connection, Waiter>();
+
+/** The waiter of a client's connection, made on first use. */
+export function waiterOf(connection: Connection): Waiter {
+  let waiter = waiters.get(connection);
+  if (waiter === undefined) {
+    waiter = new Waiter(connection);
+    waiters.set(connection, waiter);
+  }
+  return waiter;
+}
+
+/** Shuts the client's waiter down, if it has one; the next wait makes a new one. */
+export async function shutdownWaiter(connection: Connection): Promise<void> {
+  const waiter = waiters.get(connection);
+  waiters.delete(connection);
+  await waiter?.shutdown();
+}
+
+/**
+ * Stops this library's waiting on `client`: every pending `acquire()` on it
+ * rejects with a {@linkcode LockError}, its place in the lock queues in Redis
+ * is given up, and the waiting connection closes. Held locks are not
+ * touched. Without it, the waiting connection closes by itself about two
+ * seconds after the last wait; call it when shutting down, or in tests that
+ * check for leaked sockets. A later wait opens a new connection.
+ *
+ * @param client The application's client, as given to {@linkcode Lock}.
+ *
+ * @example
+ * ```ts ignore
+ * import { shutdown } from "@x/redis-lock";
+ *
+ * await shutdown(redis);
+ * await redis.quit();
+ * ```
+ */
+export async function shutdown(client: RedisClient): Promise<void> {
+  await shutdownWaiter(toConnection(client));
 }

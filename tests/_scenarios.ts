@@ -20,6 +20,7 @@ import {
   NotExpirableError,
   type RedisClient,
   resetAll,
+  shutdown,
 } from "../mod.ts";
 
 /** What a scenario gets from the runner. */
@@ -81,7 +82,10 @@ export async function runScenario(
     name: `scenario-${index}`,
     async client() {
       const [client, close] = await runner.open();
-      closers.push(close);
+      closers.push(async () => {
+        await shutdown(client);
+        await close();
+      });
       return client;
     },
     raw: (command, ...args) => runner.raw(command, args.map(String)),
@@ -95,6 +99,23 @@ export async function runScenario(
     if (left.length > 0) await ctx.raw("DEL", ...left);
   }
   assert.deepEqual(left, [], "no lock is left behind");
+}
+
+/** Resolves once `lock-queue:<name>` holds at least `count` waiters. */
+export async function queued(
+  ctx: Pick<Context, "raw">,
+  name: string,
+  count = 1,
+): Promise<void> {
+  const deadline = Date.now() + 5_000;
+  for (;;) {
+    const length = await ctx.raw("LLEN", `lock-queue:${name}`) as number;
+    if (length >= count) return;
+    if (Date.now() > deadline) {
+      throw new Error(`Expected ${count} queued for '${name}', saw ${length}`);
+    }
+    await delay(5);
+  }
 }
 
 /** Resolves with how the promise settled, without throwing. */
@@ -235,13 +256,13 @@ export const scenarios: Scenario[] = [
     name: "a waiter acquires once a holder in another client releases",
     async fn(ctx) {
       const holder = await acquire(await ctx.client(), ctx.name);
-      const waiting = new Lock(await ctx.client(), ctx.name).acquire({
-        timeout: 10_000,
-      });
+      const waiter = new Lock(await ctx.client(), ctx.name);
+      const waiting = waiter.acquire({ timeout: 10_000 });
       await blockedClients(ctx, 1);
       await holder.release();
       assert.equal(await waiting, true);
-      await new Lock(await ctx.client(), ctx.name).reset();
+      assert.equal(await ctx.raw("GET", `lock:${ctx.name}`), waiter.id);
+      await waiter.release();
     },
   },
   {
@@ -390,7 +411,7 @@ export const scenarios: Scenario[] = [
       );
       const waiters = names.map((name) => new Lock(client, name));
       const waiting = waiters.map((lock) => lock.acquire({ timeout: 10_000 }));
-      await blockedClients(ctx, 2);
+      for (const name of names) await queued(ctx, name);
       assert.equal(await resetAll(client), 2);
       assert.deepEqual(await Promise.all(waiting), [true, true]);
       for (const waiter of waiters) await waiter.release();

@@ -12,7 +12,7 @@
  */
 
 import { Redis } from "ioredis";
-import { acquire } from "../mod.ts";
+import { acquire, shutdown } from "../mod.ts";
 
 const [mode, port, name, arg] = Deno.args;
 const redis = new Redis(Number(port), "127.0.0.1");
@@ -29,6 +29,7 @@ if (mode === "count") {
     intervals.push([start, now()]);
   }
   console.log(JSON.stringify({ pid: Deno.pid, intervals }));
+  await shutdown(redis);
   await redis.quit();
 } else {
   await new Promise((resolve) => setTimeout(resolve, Number(arg) - Date.now()));

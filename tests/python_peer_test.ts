@@ -9,7 +9,7 @@
 
 import assert from "node:assert/strict";
 import { Redis } from "ioredis";
-import { acquire, Lock, resetAll } from "../mod.ts";
+import { acquire, Lock, resetAll, shutdown } from "../mod.ts";
 import { RespClient } from "./_resp.ts";
 import { blockedClients } from "./_scenarios.ts";
 import { RedisServer } from "./_server.ts";
@@ -68,6 +68,7 @@ async function setup() {
     peer,
     app,
     async [Symbol.asyncDispose]() {
+      await shutdown(app);
       await app.quit();
       await peer.close();
       await server[Symbol.asyncDispose]();
