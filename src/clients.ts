@@ -212,8 +212,8 @@ class Adapter implements Connection {
     this.#close = close;
   }
 
-  async send(command: string, args: readonly string[]): Promise<Reply> {
-    return normalize(await this.#send(command, args));
+  send(command: string, args: readonly string[]): Promise<Reply> {
+    return this.#send(command, args).then(normalize);
   }
 
   duplicate(): Promise<Connection> {

@@ -45,10 +45,10 @@ export interface LockKeys {
   readonly queue: string;
   /** Counter the fencing tokens are drawn from. */
   readonly fence: string;
-  /** Prefix of the wake lists of waiting processes. */
-  readonly wakePrefix: string;
-  /** `[lock, signal, queue, fence]`, as every script takes them. */
+  /** `[lock, signal, queue, fence]`, as the scripts take them. */
   readonly all: readonly string[];
+  /** `[lock, queue, fence]`, as ACQUIRE takes them. */
+  readonly forAcquire: readonly string[];
 }
 
 /** The keys of the lock called `name`. */
@@ -61,7 +61,7 @@ export function lockKeys(name: string): LockKeys {
     signal,
     queue,
     fence: FENCE_KEY,
-    wakePrefix: WAKE_PREFIX,
     all: [lock, signal, queue, FENCE_KEY],
+    forAcquire: [lock, queue, FENCE_KEY],
   };
 }

@@ -1,8 +1,12 @@
 /**
  * A lease: one holding of a lock, from acquisition to release or loss. It
- * owns the timers of that holding (taking the lock's own expiry after a
- * hand-over, auto-renewal, and the moment the expiry passes without renewal)
- * and the `AbortController` behind `lock.signal`.
+ * keeps the lock (taking the lock's own expiry after a hand-over, and
+ * auto-renewal), knows when the expiry passes without renewal, and aborts
+ * the `AbortController` behind `lock.signal` when the holding ends.
+ *
+ * Timers run only for work that needs them: the expiry timer only once
+ * someone holds `lock.signal`; otherwise a passed expiry is noticed when the
+ * lease is next asked.
  *
  * @module
  */
@@ -37,45 +41,49 @@ function later(ms: number, callback: () => void): Timer {
   return timer;
 }
 
-/** The timers and the signal of one holding of a lock. */
+/** One holding of a lock. */
 export class Lease {
   /** The fencing token of this holding. */
   readonly token: number;
   readonly #name: string;
-  readonly #controller: AbortController;
   readonly #owner: WeakRef<object>;
   readonly #keeping: Keeping;
+  #controller: AbortController | undefined;
+  /** `performance.now()` at which the lock expires at the latest. */
+  #deadline = Infinity;
+  #expire: number | undefined;
   #expiryTimer: Timer | undefined;
   #keepTimer: Timer | undefined;
   #ended = false;
+  #reason: unknown;
 
   /**
-   * Starts the timers of a holding.
+   * Starts a holding.
    *
    * @param name The lock's name, for messages.
    * @param token The fencing token drawn by the acquisition.
-   * @param controller Aborted when the holding ends.
    * @param owner The `Lock`, held weakly: renewal stops once it is collected.
    * @param since `performance.now()` before which the lock was certainly
    * not yet set for this holder: its expiry is counted from there.
    * @param initial The expiry the lock was set with, in ms: the lock's own,
    * or less after a hand-over; `undefined` when it never expires.
    * @param keeping The lock's own expiry, auto-renewal, and how to keep it.
+   * @param controller The controller behind `lock.signal`, if it was read.
    */
   constructor(
     name: string,
     token: number,
-    controller: AbortController,
     owner: object,
     since: number,
     initial: number | undefined,
     keeping: Keeping,
+    controller: AbortController | undefined,
   ) {
     this.#name = name;
     this.token = token;
-    this.#controller = controller;
     this.#owner = new WeakRef(owner);
     this.#keeping = keeping;
+    this.#controller = controller;
     this.extended(since, initial);
     // After a hand-over the lock first takes its own expiry, then renews.
     if (
@@ -86,19 +94,32 @@ export class Lease {
     }
   }
 
-  /** Whether the holding has ended (released or lost). */
+  /** Whether the holding has ended: released, lost, or past its expiry. */
   get ended(): boolean {
+    this.#expireIfDue();
     return this.#ended;
   }
 
   /** Why the holding ended, once it has. */
   get reason(): unknown {
-    return this.#controller.signal.reason;
+    this.#expireIfDue();
+    return this.#reason;
   }
 
   /** Whether the holding ended by loss. */
   get lost(): boolean {
-    return this.#controller.signal.reason instanceof LockLostError;
+    return this.reason instanceof LockLostError;
+  }
+
+  /**
+   * Ties `lock.signal`'s controller to this holding: it aborts when the
+   * holding ends, at once if it has.
+   */
+  attach(controller: AbortController): void {
+    if (this.#controller === controller) return;
+    this.#controller = controller;
+    if (this.ended) controller.abort(this.#reason);
+    else this.#armExpiry();
   }
 
   /**
@@ -107,16 +128,27 @@ export class Lease {
    */
   extended(since: number, expire: number | undefined): void {
     if (this.#ended) return;
+    this.#deadline = expire === undefined ? Infinity : since + expire;
+    this.#expire = expire;
+    this.#armExpiry();
+  }
+
+  #armExpiry(): void {
     clearTimeout(this.#expiryTimer);
     this.#expiryTimer = undefined;
-    if (expire === undefined) return;
+    if (this.#controller === undefined || this.#deadline === Infinity) return;
     this.#expiryTimer = later(
-      since + expire - performance.now(),
-      () =>
-        this.lose(
-          `Lock '${this.#name}' expired after ${expire} ms without renewal`,
-        ),
+      this.#deadline - performance.now(),
+      () => this.#expireIfDue(),
     );
+  }
+
+  #expireIfDue(): void {
+    if (!this.#ended && performance.now() >= this.#deadline) {
+      this.lose(
+        `Lock '${this.#name}' expired after ${this.#expire} ms without renewal`,
+      );
+    }
   }
 
   /**
@@ -139,10 +171,10 @@ export class Lease {
       try {
         held = await keep(expire);
       } catch {
-        // Retried at the next tick; the expiry timer reports the loss if no
+        // Retried after another third; the expiry reports the loss if no
         // attempt succeeds in time.
       }
-      if (this.#ended) return;
+      if (this.ended) return;
       if (held === false) {
         this.lose(
           `Lock '${this.#name}' was found gone or held by another id when renewing`,
@@ -160,7 +192,7 @@ export class Lease {
     });
   }
 
-  /** Ends the holding by loss: aborts the signal with a {@linkcode LockLostError}. */
+  /** Ends the holding by loss: the signal aborts with a {@linkcode LockLostError}. */
   lose(message: string, cause?: unknown): void {
     this.end(new LockLostError(message, { cause }));
   }
@@ -169,9 +201,10 @@ export class Lease {
   end(reason: unknown): void {
     if (this.#ended) return;
     this.#ended = true;
+    this.#reason = reason;
     clearTimeout(this.#expiryTimer);
     clearTimeout(this.#keepTimer);
     this.#expiryTimer = this.#keepTimer = undefined;
-    this.#controller.abort(reason);
+    this.#controller?.abort(reason);
   }
 }

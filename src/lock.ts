@@ -27,7 +27,7 @@ import type { LockOptions } from "./options.ts";
 import { ACQUIRE, EXTEND, KEEP, RELEASE, RESET, Script } from "./scripts.ts";
 import { type Acquisition, waiterOf } from "./waiter.ts";
 
-const acquireScript = new Script(ACQUIRE);
+const acquireScript = new Script(ACQUIRE, (keys) => keys.forAcquire);
 const releaseScript = new Script(RELEASE);
 const extendScript = new Script(EXTEND);
 const keepScript = new Script(KEEP);
@@ -40,18 +40,16 @@ function randomId(): string {
 }
 
 /** Runs a command, turning a Redis failure into a {@linkcode LockError}. */
-async function attempt<T>(
+function attempt<T>(
   action: string,
   name: string,
   command: () => Promise<T>,
 ): Promise<T> {
-  try {
-    return await command();
-  } catch (error) {
+  return command().catch((error) => {
     throw new LockError(`Cannot ${action} lock '${name}': Redis failed`, {
       cause: error,
     });
-  }
+  });
 }
 
 /**
@@ -62,10 +60,9 @@ function keeper(
   connection: Connection,
   keys: LockKeys,
   id: string,
-  signalExpire: number,
 ): (ms: number | undefined) => Promise<boolean> {
   return async (ms) =>
-    await keepScript.call(connection, keys, signalExpire, [
+    await keepScript.call(connection, keys, [
       id,
       ms === undefined ? "" : String(ms),
     ]) === 0;
@@ -109,7 +106,9 @@ export class Lock implements AsyncDisposable {
   readonly #expire: number | undefined;
   readonly #autoRenewal: boolean;
   readonly #signalExpire: number;
-  #controller = new AbortController();
+  /** Behind `lock.signal`; made when first read. */
+  #controller: AbortController | undefined;
+  #released: LockError | undefined;
   #lease: Lease | undefined;
 
   /**
@@ -142,6 +141,8 @@ export class Lock implements AsyncDisposable {
    * ended holding brings a new signal.
    */
   get signal(): AbortSignal {
+    this.#controller ??= new AbortController();
+    this.#lease?.attach(this.#controller);
     return this.#controller.signal;
   }
 
@@ -195,11 +196,13 @@ export class Lock implements AsyncDisposable {
     }
     if (!blocking || timeout === 0) {
       const sentAt = performance.now();
-      const [status, token] = await this.#try();
-      if (status === 2) throw this.#alreadyHeld();
-      if (status === 0) return false;
+      const reply = await this.#try();
+      if (typeof reply !== "number") {
+        if (reply[0] === 2) throw this.#alreadyHeld();
+        return false;
+      }
       return this.#take(
-        { token, since: sentAt, initial: this.#expire },
+        { token: reply, since: sentAt, initial: this.#expire },
         signal,
       );
     }
@@ -224,6 +227,10 @@ export class Lock implements AsyncDisposable {
         );
       }
       if (acquisition === undefined) return false;
+      const { initial, since } = acquisition;
+      if (initial === undefined || performance.now() - since <= initial / 3) {
+        return this.#take(acquisition, signal);
+      }
       const confirmed = await this.#confirm(acquisition);
       if (confirmed !== undefined) return this.#take(confirmed, signal);
     }
@@ -235,16 +242,15 @@ export class Lock implements AsyncDisposable {
     );
   }
 
-  /** One attempt, never queued: `[1, token]`, `[2]` held by this id, `[0]` busy. */
-  async #try(): Promise<number[]> {
+  /** One attempt, never queued: the token, `[2]` held by this id, `[0, pttl]` busy. */
+  async #try(): Promise<number | number[]> {
     const expire = this.#expire === undefined ? "" : String(this.#expire);
     try {
-      return await acquireScript.call(
-        this.#connection,
-        this.#keys,
-        this.#signalExpire,
-        [this.id, expire, ""],
-      ) as number[];
+      return await acquireScript.call(this.#connection, this.#keys, [
+        this.id,
+        expire,
+        "",
+      ]) as number | number[];
     } catch (error) {
       // The reply may be lost after the script ran: leave nothing behind.
       await this.#releaseQuietly();
@@ -255,19 +261,16 @@ export class Lock implements AsyncDisposable {
   }
 
   #keeper(): (ms: number | undefined) => Promise<boolean> {
-    return keeper(this.#connection, this.#keys, this.id, this.#signalExpire);
+    return keeper(this.#connection, this.#keys, this.id);
   }
 
   /**
-   * A hand-over that sat in the wake list for long may leave the lock with
-   * little of its expiry: then the expiry is set anew before the lock counts
-   * as taken. Resolves `undefined` if it has meanwhile expired.
+   * A hand-over that sat in the wake list for long (more than a third of
+   * its expiry) may leave the lock with little of it: then the expiry is set
+   * anew before the lock counts as taken. Resolves `undefined` if it has
+   * meanwhile expired.
    */
   async #confirm(acquisition: Acquisition): Promise<Acquisition | undefined> {
-    const { initial, since } = acquisition;
-    if (initial === undefined || performance.now() - since <= initial / 3) {
-      return acquisition;
-    }
     const sentAt = performance.now();
     const keep = this.#keeper();
     if (await attempt("acquire", this.name, () => keep(this.#expire))) {
@@ -277,18 +280,16 @@ export class Lock implements AsyncDisposable {
   }
 
   /** Starts holding; with the signal aborted meanwhile, releases instead. */
-  async #take(acquisition: Acquisition, signal?: AbortSignal): Promise<true> {
+  #take(acquisition: Acquisition, signal?: AbortSignal): true | Promise<never> {
     if (signal?.aborted) {
-      await this.#releaseQuietly();
-      signal.throwIfAborted();
+      return this.#releaseQuietly().then(() => {
+        throw signal.reason;
+      });
     }
-    if (this.#controller.signal.aborted) {
-      this.#controller = new AbortController();
-    }
+    if (this.#controller?.signal.aborted) this.#controller = undefined;
     this.#lease = new Lease(
       this.name,
       acquisition.token,
-      this.#controller,
       this,
       acquisition.since,
       acquisition.initial,
@@ -297,12 +298,13 @@ export class Lock implements AsyncDisposable {
         autoRenewal: this.#autoRenewal,
         keep: this.#keeper(),
       },
+      this.#controller,
     );
     return true;
   }
 
   async #releaseQuietly(): Promise<void> {
-    await releaseScript.call(
+    await releaseScript.handOver(
       this.#connection,
       this.#keys,
       this.#signalExpire,
@@ -327,14 +329,21 @@ export class Lock implements AsyncDisposable {
   async release(): Promise<void> {
     const lease = this.#lease;
     const wasLost = lease?.lost ?? false;
-    lease?.end(new LockError(`Lock '${this.name}' was released`));
+    lease?.end(
+      this.#released ??= new LockError(`Lock '${this.name}' was released`),
+    );
     const reply = await attempt(
       "release",
       this.name,
       () =>
-        releaseScript.call(this.#connection, this.#keys, this.#signalExpire, [
-          this.id,
-        ]),
+        releaseScript.handOver(
+          this.#connection,
+          this.#keys,
+          this.#signalExpire,
+          [
+            this.id,
+          ],
+        ),
     );
     if (reply === 1) {
       throw new NotAcquiredError(
@@ -382,7 +391,7 @@ export class Lock implements AsyncDisposable {
       "extend",
       this.name,
       () =>
-        extendScript.call(this.#connection, this.#keys, this.#signalExpire, [
+        extendScript.call(this.#connection, this.#keys, [
           this.id,
           String(ms),
         ]),
@@ -451,7 +460,12 @@ export class Lock implements AsyncDisposable {
       "reset",
       this.name,
       () =>
-        resetScript.call(this.#connection, this.#keys, this.#signalExpire, []),
+        resetScript.handOver(
+          this.#connection,
+          this.#keys,
+          this.#signalExpire,
+          [],
+        ),
     );
     this.#lease?.lose(`Lock '${this.name}' was reset`);
   }

@@ -64,7 +64,7 @@ export async function resetAll(
       cursor = String(next);
       for (const key of keys) {
         const name = key.slice(LOCK_PREFIX.length);
-        count += await resetScript.call(
+        count += await resetScript.handOver(
           connection,
           lockKeys(name),
           signalExpire,

@@ -38,7 +38,7 @@ import {
 import { MAX_TIMER_DELAY } from "./options.ts";
 import { ACQUIRE, CANCEL, INSPECT, RELEASE, Script } from "./scripts.ts";
 
-const acquireScript = new Script(ACQUIRE);
+const acquireScript = new Script(ACQUIRE, (keys) => keys.forAcquire);
 const releaseScript = new Script(RELEASE);
 const inspectScript = new Script(INSPECT);
 const cancelScript = new Script(CANCEL);
@@ -80,6 +80,12 @@ export interface Acquisition {
 
 type Timer = ReturnType<typeof setTimeout>;
 
+function alreadyHeld({ name, id }: WaitRequest): AlreadyAcquiredError {
+  return new AlreadyAcquiredError(
+    `Lock '${name}' is already held with id '${id}'`,
+  );
+}
+
 /** Runs INSPECT: `[state, pttl, queued, owner]`. */
 async function inspect(
   connection: Connection,
@@ -88,7 +94,7 @@ async function inspect(
   entry: string | undefined,
   passOn: boolean,
 ): Promise<Reply[]> {
-  return await inspectScript.call(connection, keys, signalExpire ?? 1000, [
+  return await inspectScript.handOver(connection, keys, signalExpire ?? 1000, [
     entry ?? "",
     passOn ? "1" : "",
   ]) as Reply[];
@@ -214,10 +220,44 @@ export class Waiter {
   }
 
   /**
-   * Waits for the lock: resolves with the acquisition, or `undefined` when
-   * the deadline passed; rejects with the signal's reason when aborted.
+   * Acquires the lock, waiting for it: resolves with the acquisition, or
+   * `undefined` when the deadline passed; rejects with the signal's reason
+   * when aborted.
    */
   acquire(request: WaitRequest): Promise<Acquisition | undefined> {
+    if (this.#queues.has(request.name)) return this.#join(request);
+    // Nobody here waits for this name: try at once, queueing if busy.
+    const ticket = this.#ticket();
+    const { keys, id, expire } = request;
+    const sentAt = now();
+    return acquireScript.call(this.#main, keys, [
+      id,
+      expire === undefined ? "" : String(expire),
+      `${this.#process}|${ticket}`,
+    ]).then((reply) => {
+      if (typeof reply === "number") {
+        return { token: reply, since: sentAt, initial: expire };
+      }
+      const [status, value] = reply as number[];
+      if (status === 2) throw alreadyHeld(request);
+      const entry = this.#entry(ticket, request);
+      return this.#join(request, { ticket, entry, sentAt, pttl: value });
+    });
+  }
+
+  #ticket(): string {
+    return String(++this.#sequence);
+  }
+
+  #entry(ticket: string, { id, expire }: WaitRequest): string {
+    return `${this.#process}|${ticket}|${expire ?? ""}|${id}`;
+  }
+
+  /** Joins the local queue of the name, already queued in Redis or not. */
+  #join(
+    request: WaitRequest,
+    queued?: { ticket: string; entry: string; sentAt: number; pttl: number },
+  ): Promise<Acquisition | undefined> {
     const { promise, resolve, reject } = Promise.withResolvers<
       Acquisition | undefined
     >();
@@ -231,6 +271,17 @@ export class Waiter {
     clearTimeout(this.#idleTimer);
     this.#idleTimer = undefined;
 
+    if (queued !== undefined) {
+      wait.ticket = queued.ticket;
+      wait.entry = queued.entry;
+      wait.since = queued.sentAt;
+      this.#tickets.set(queued.ticket, wait);
+      this.#armExpiry(queue, queued.pttl);
+      this.#pump();
+    } else if (queue.waits.length === 1) {
+      this.#serial(queue, () => this.#advance(queue));
+    }
+
     const { deadline, signal } = request;
     if (deadline !== Infinity) {
       wait.timer = setTimeout(
@@ -240,10 +291,8 @@ export class Waiter {
     }
     if (signal !== undefined) {
       wait.onAbort = () => this.#giveUp(queue, wait, { reason: signal.reason });
-      signal.addEventListener("abort", wait.onAbort, { once: true });
-    }
-    if (queue.waits.length === 1) {
-      this.#serial(queue, () => this.#advance(queue));
+      if (signal.aborted) wait.onAbort();
+      else signal.addEventListener("abort", wait.onAbort, { once: true });
     }
     return promise;
   }
@@ -270,9 +319,8 @@ export class Waiter {
   }
 
   #newEntry(wait: Wait): string {
-    const { id, expire } = wait.request;
-    wait.ticket = String(++this.#sequence);
-    wait.entry = `${this.#process}|${wait.ticket}|${expire ?? ""}|${id}`;
+    wait.ticket = this.#ticket();
+    wait.entry = this.#entry(wait.ticket, wait.request);
     return wait.entry;
   }
 
@@ -289,14 +337,17 @@ export class Waiter {
       }
       if (head.entry !== undefined) return;
       const { keys, id, expire, signalExpire } = head.request;
-      const entry = head.abandoned ? "" : this.#newEntry(head);
+      const queueIt = !head.abandoned;
+      if (queueIt) this.#newEntry(head);
       const sentAt = now();
-      const [status, value] = await acquireScript.call(
-        this.#main,
-        keys,
-        signalExpire,
-        [id, expire === undefined ? "" : String(expire), entry],
-      ) as number[];
+      const reply = await acquireScript.call(this.#main, keys, [
+        id,
+        expire === undefined ? "" : String(expire),
+        queueIt ? `${this.#process}|${head.ticket}` : "",
+      ]);
+      const [status, value] = typeof reply === "number"
+        ? [1, reply]
+        : reply as number[];
       if (status === 0 && !head.abandoned) {
         head.since = sentAt;
         this.#tickets.set(head.ticket!, head);
@@ -310,13 +361,9 @@ export class Waiter {
         await this.#cancel(head, "");
         head.settleAbandoned();
       } else if (status === 2) {
-        head.reject(
-          new AlreadyAcquiredError(
-            `Lock '${head.request.name}' is already held with id '${id}'`,
-          ),
-        );
+        head.reject(alreadyHeld(head.request));
       } else if (head.abandoned?.reason !== undefined) {
-        await releaseScript.call(this.#main, keys, signalExpire, [id]);
+        await releaseScript.handOver(this.#main, keys, signalExpire, [id]);
         head.settleAbandoned();
       } else {
         head.resolve({ token: value, since: sentAt, initial: expire });
@@ -333,41 +380,45 @@ export class Waiter {
     if (wait.settled || wait.abandoned) return;
     wait.abandoned = abandoned ?? { reason: undefined };
     const index = queue.waits.indexOf(wait);
-    if (index > 0) {
-      // Not yet in Redis: nothing to undo there.
+    if (index > 0 && wait.entry === undefined) {
+      // Not in Redis: nothing to undo there.
       queue.waits.splice(index, 1);
       wait.settleAbandoned();
       return;
     }
+    // The head may be trying the lock right now: after that, it leaves.
     this.#serial(queue, async () => {
-      if (wait.settled || queue.head !== wait || wait.entry === undefined) {
-        return;
+      if (!wait.settled && wait.entry !== undefined) {
+        await this.#leave(queue, wait);
       }
-      await this.#leave(queue, wait);
     });
   }
 
   /**
-   * Takes the head, which gave up, out of the queue in Redis: its place goes
-   * to the next local waiter; a lock already handed to it is passed on.
+   * Takes a wait that gave up out of the queue in Redis. The head leaves its
+   * place to the next local waiter; a lock already handed to it is passed on.
    */
-  async #leave(queue: NameQueue, head: Wait): Promise<void> {
-    const next = queue.waits[1];
+  async #leave(queue: NameQueue, wait: Wait): Promise<void> {
+    const isHead = queue.head === wait;
+    const next = isHead
+      ? queue.waits.find((other) => other !== wait && other.entry === undefined)
+      : undefined;
     const nextEntry = next === undefined ? "" : this.#newEntry(next);
     const sentAt = now();
-    const [status, token] = await this.#cancel(head, nextEntry);
-    queue.waits.shift();
-    head.settleAbandoned();
-    if (next === undefined) return this.#advance(queue);
-    next.since = sentAt;
-    if (status === 0) {
-      this.#tickets.set(next.ticket!, next);
-      return;
-    }
-    next.entry = undefined;
-    if (status === 3) {
-      queue.waits.shift();
-      next.resolve({ token, since: sentAt, initial: next.handOverExpire });
+    const [status, token] = await this.#cancel(wait, nextEntry);
+    queue.waits.splice(queue.waits.indexOf(wait), 1);
+    wait.settleAbandoned();
+    if (next !== undefined) {
+      next.since = sentAt;
+      if (status === 0) {
+        this.#tickets.set(next.ticket!, next);
+        return;
+      }
+      next.entry = undefined;
+      if (status === 3) {
+        queue.waits.splice(queue.waits.indexOf(next), 1);
+        next.resolve({ token, since: sentAt, initial: next.handOverExpire });
+      }
     }
     await this.#advance(queue);
   }
@@ -377,7 +428,7 @@ export class Waiter {
     const entry = wait.entry ?? "";
     if (wait.ticket !== undefined) this.#tickets.delete(wait.ticket);
     wait.entry = undefined;
-    return await cancelScript.call(this.#main, keys, signalExpire, [
+    return await cancelScript.handOver(this.#main, keys, signalExpire, [
       entry,
       nextEntry,
       id,
@@ -392,7 +443,7 @@ export class Waiter {
     if (wait === undefined || wait.abandoned) return;
     this.#tickets.delete(wait.ticket!);
     const queue = this.#queues.get(wait.request.name)!;
-    queue.waits.shift();
+    queue.waits.splice(queue.waits.indexOf(wait), 1);
     wait.entry = undefined;
     wait.resolve({
       token: Number(value.slice(colon + 1)),
@@ -460,8 +511,9 @@ export class Waiter {
     if (this.#tickets.size === 0) return [];
     const keys = [this.#wakeKey];
     for (const queue of this.#queues.values()) {
-      const entry = queue.head?.entry;
-      if (entry !== undefined) keys.push(queue.head!.request.keys.signal);
+      if (queue.waits.some((wait) => wait.entry !== undefined)) {
+        keys.push(queue.keys.signal);
+      }
     }
     return keys;
   }
