@@ -106,6 +106,7 @@ export class Lock implements AsyncDisposable {
   readonly #expire: number | undefined;
   readonly #autoRenewal: boolean;
   readonly #signalExpire: number;
+  readonly #fair: boolean;
   /** Behind `lock.signal`; made when first read. */
   #controller: AbortController | undefined;
   #released: LockError | undefined;
@@ -131,6 +132,7 @@ export class Lock implements AsyncDisposable {
     this.#expire = valid.expire;
     this.#autoRenewal = valid.autoRenewal;
     this.#signalExpire = valid.signalExpire;
+    this.#fair = valid.fair;
   }
 
   /**
@@ -216,6 +218,7 @@ export class Lock implements AsyncDisposable {
           id: this.id,
           expire: this.#expire,
           signalExpire: this.#signalExpire,
+          fair: this.#fair,
           deadline,
           signal,
         });

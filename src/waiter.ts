@@ -57,6 +57,12 @@ export interface WaitRequest {
   /** The lock's expiry in ms; `undefined`: none. */
   readonly expire: number | undefined;
   readonly signalExpire: number;
+  /**
+   * First come, first served: queue in Redis and be handed the lock. Else
+   * wait for a release's wake-up in the signal list and race for the lock,
+   * as python-redis-lock's waiters do.
+   */
+  readonly fair: boolean;
   /** `performance.now()` at which the caller gives up; may be `Infinity`. */
   readonly deadline: number;
   readonly signal: AbortSignal | undefined;
@@ -112,8 +118,10 @@ class Wait {
   settled = false;
   /** Set when the caller gave up: `undefined` reason for a timeout. */
   abandoned: { reason: unknown } | undefined;
-  /** Set while this wait has an entry in the queue in Redis. */
+  /** Set while this wait has an entry in the queue in Redis (fair). */
   entry: string | undefined;
+  /** Set while this wait listens for wake-ups in the signal list (not fair). */
+  armed = false;
   ticket: string | undefined;
   /** `performance.now()` before which no hand-over to this wait happened. */
   since = 0;
@@ -154,6 +162,11 @@ class Wait {
 
   reject(reason: unknown): void {
     if (this.#finish()) this.#reject(reason);
+  }
+
+  /** Whether the caller aborted (a timeout still takes a lock it got). */
+  get aborted(): boolean {
+    return this.abandoned !== undefined && this.abandoned.reason !== undefined;
   }
 
   /** Settles a wait that gave up: `false` on timeout, the reason on abort. */
@@ -233,15 +246,14 @@ export class Waiter {
     return acquireScript.call(this.#main, keys, [
       id,
       expire === undefined ? "" : String(expire),
-      `${this.#process}|${ticket}`,
+      request.fair ? `${this.#process}|${ticket}` : "",
     ]).then((reply) => {
       if (typeof reply === "number") {
         return { token: reply, since: sentAt, initial: expire };
       }
       const [status, value] = reply as number[];
       if (status === 2) throw alreadyHeld(request);
-      const entry = this.#entry(ticket, request);
-      return this.#join(request, { ticket, entry, sentAt, pttl: value });
+      return this.#join(request, { ticket, sentAt, pttl: value });
     });
   }
 
@@ -253,10 +265,13 @@ export class Waiter {
     return `${this.#process}|${ticket}|${expire ?? ""}|${id}`;
   }
 
-  /** Joins the local queue of the name, already queued in Redis or not. */
+  /**
+   * Joins the local queue of the name, after a try that found the lock
+   * busy (and queued in Redis if fair), or without one.
+   */
   #join(
     request: WaitRequest,
-    queued?: { ticket: string; entry: string; sentAt: number; pttl: number },
+    tried?: { ticket: string; sentAt: number; pttl: number },
   ): Promise<Acquisition | undefined> {
     const { promise, resolve, reject } = Promise.withResolvers<
       Acquisition | undefined
@@ -271,13 +286,8 @@ export class Waiter {
     clearTimeout(this.#idleTimer);
     this.#idleTimer = undefined;
 
-    if (queued !== undefined) {
-      wait.ticket = queued.ticket;
-      wait.entry = queued.entry;
-      wait.since = queued.sentAt;
-      this.#tickets.set(queued.ticket, wait);
-      this.#armExpiry(queue, queued.pttl);
-      this.#pump();
+    if (tried !== undefined) {
+      this.#waitFor(queue, wait, tried.ticket, tried.sentAt, tried.pttl);
     } else if (queue.waits.length === 1) {
       this.#serial(queue, () => this.#advance(queue));
     }
@@ -318,6 +328,26 @@ export class Waiter {
     this.#forget(queue);
   }
 
+  /** A try found the lock busy: the wait now waits in Redis's way for it. */
+  #waitFor(
+    queue: NameQueue,
+    wait: Wait,
+    ticket: string,
+    sentAt: number,
+    pttl: number,
+  ): void {
+    if (wait.request.fair) {
+      wait.ticket = ticket;
+      wait.entry = this.#entry(ticket, wait.request);
+      wait.since = sentAt;
+      this.#tickets.set(ticket, wait);
+    } else {
+      wait.armed = true;
+    }
+    this.#armExpiry(queue, pttl);
+    this.#pump();
+  }
+
   #newEntry(wait: Wait): string {
     wait.ticket = this.#ticket();
     wait.entry = this.#entry(wait.ticket, wait.request);
@@ -335,34 +365,33 @@ export class Waiter {
         this.#forget(queue);
         return;
       }
-      if (head.entry !== undefined) return;
-      const { keys, id, expire, signalExpire } = head.request;
-      const queueIt = !head.abandoned;
-      if (queueIt) this.#newEntry(head);
+      if (head.entry !== undefined || head.armed) return;
+      const { keys, id, expire, signalExpire, fair } = head.request;
+      const queueIt = fair && !head.abandoned;
+      const ticket = this.#ticket();
       const sentAt = now();
       const reply = await acquireScript.call(this.#main, keys, [
         id,
         expire === undefined ? "" : String(expire),
-        queueIt ? `${this.#process}|${head.ticket}` : "",
+        queueIt ? `${this.#process}|${ticket}` : "",
       ]);
       const [status, value] = typeof reply === "number"
         ? [1, reply]
         : reply as number[];
       if (status === 0 && !head.abandoned) {
-        head.since = sentAt;
-        this.#tickets.set(head.ticket!, head);
-        this.#armExpiry(queue, value);
-        this.#pump();
+        this.#waitFor(queue, head, ticket, sentAt, value);
         return;
       }
       queue.waits.shift();
-      head.entry = undefined;
       if (status === 0) {
-        await this.#cancel(head, "");
+        if (queueIt) {
+          head.entry = this.#entry(ticket, head.request);
+          await this.#cancel(head, "");
+        }
         head.settleAbandoned();
       } else if (status === 2) {
         head.reject(alreadyHeld(head.request));
-      } else if (head.abandoned?.reason !== undefined) {
+      } else if (head.aborted) {
         await releaseScript.handOver(this.#main, keys, signalExpire, [id]);
         head.settleAbandoned();
       } else {
@@ -388,8 +417,13 @@ export class Waiter {
     }
     // The head may be trying the lock right now: after that, it leaves.
     this.#serial(queue, async () => {
-      if (!wait.settled && wait.entry !== undefined) {
-        await this.#leave(queue, wait);
+      if (wait.settled) return;
+      if (wait.entry !== undefined) return this.#leave(queue, wait);
+      if (wait.armed) {
+        // Nothing in Redis to undo; the next local waiter tries in its turn.
+        queue.waits.splice(queue.waits.indexOf(wait), 1);
+        wait.settleAbandoned();
+        await this.#advance(queue);
       }
     });
   }
@@ -484,6 +518,62 @@ export class Waiter {
     await this.#advance(queue);
   }
 
+  /**
+   * A head that races for the lock (not fair) tries it, when a wake-up came
+   * from the signal list, when the holder's expiry passed, or at a tick.
+   * With `fromSignal`, a wake-up nobody here can use is put back.
+   */
+  async #race(queue: NameQueue, fromSignal: boolean): Promise<void> {
+    const head = queue.head;
+    if (head === undefined || !head.armed || head.abandoned) {
+      if (fromSignal) {
+        await inspect(
+          this.#main,
+          queue.keys,
+          head?.request.signalExpire,
+          "",
+          true,
+        );
+      }
+      return;
+    }
+    const { keys, id, expire, signalExpire } = head.request;
+    const sentAt = now();
+    const reply = await acquireScript.call(this.#main, keys, [
+      id,
+      expire === undefined ? "" : String(expire),
+      "",
+    ]);
+    if (typeof reply !== "number") {
+      const [status, pttl] = reply as number[];
+      if (status === 0) {
+        this.#armExpiry(queue, pttl);
+        return;
+      }
+      queue.waits.shift();
+      head.reject(alreadyHeld(head.request));
+    } else if (head.aborted) {
+      queue.waits.shift();
+      await releaseScript.handOver(this.#main, keys, signalExpire, [id]);
+      head.settleAbandoned();
+    } else {
+      queue.waits.shift();
+      head.resolve({ token: reply, since: sentAt, initial: expire });
+    }
+    await this.#advance(queue);
+  }
+
+  /** Looks at a name again: its head races, or a queued head inspects. */
+  #look(queue: NameQueue, fromSignal: boolean): void {
+    this.#serial(
+      queue,
+      () =>
+        queue.head?.entry !== undefined
+          ? this.#inspect(queue, fromSignal)
+          : this.#race(queue, fromSignal),
+    );
+  }
+
   /** Wakes the name's head when the holder's expiry passes. */
   #armExpiry(queue: NameQueue, pttl: number): void {
     clearTimeout(queue.ttlTimer);
@@ -491,7 +581,7 @@ export class Waiter {
     if (pttl < 0) return;
     queue.ttlTimer = setTimeout(() => {
       queue.ttlTimer = undefined;
-      this.#serial(queue, () => this.#inspect(queue, false));
+      this.#look(queue, false);
     }, Math.min(pttl + 1, MAX_TIMER_DELAY));
   }
 
@@ -506,12 +596,14 @@ export class Waiter {
     this.#idleCheck();
   }
 
-  /** The keys the `BLPOP` should cover: none when nothing is queued. */
+  /**
+   * The keys the `BLPOP` should cover: the wake list while a wait is queued
+   * in Redis, and the signal list of every name with a waiting head.
+   */
   #wantedKeys(): string[] {
-    if (this.#tickets.size === 0) return [];
-    const keys = [this.#wakeKey];
+    const keys = this.#tickets.size > 0 ? [this.#wakeKey] : [];
     for (const queue of this.#queues.values()) {
-      if (queue.waits.some((wait) => wait.entry !== undefined)) {
+      if (queue.waits.some((wait) => wait.entry !== undefined || wait.armed)) {
         keys.push(queue.keys.signal);
       }
     }
@@ -580,7 +672,7 @@ export class Waiter {
     const name = key.slice(SIGNAL_PREFIX.length);
     const queue = this.#queues.get(name);
     if (queue !== undefined) {
-      this.#serial(queue, () => this.#inspect(queue, true));
+      this.#look(queue, true);
     } else {
       inspect(this.#main, lockKeys(name), undefined, undefined, true).catch(
         () => {},
@@ -588,12 +680,11 @@ export class Waiter {
     }
   }
 
-  /** The periodic look at every name with a queued head. */
+  /** The periodic look at every name with a waiting head. */
   #tick(): void {
     for (const queue of this.#queues.values()) {
-      if (queue.head?.entry !== undefined) {
-        this.#serial(queue, () => this.#inspect(queue, false));
-      }
+      const head = queue.head;
+      if (head?.entry !== undefined || head?.armed) this.#look(queue, false);
     }
   }
 

@@ -31,11 +31,33 @@ export interface Context {
   raw(command: string, ...args: (string | number)[]): Promise<unknown>;
   /** A lock name no other scenario uses. */
   readonly name: string;
+  /** Whether waiters wait first come, first served (`fair: true`). */
+  readonly fair: boolean;
+}
+
+/**
+ * Every scenario with the way it waits: the default, and `fair: true` for
+ * the scenarios that wait.
+ */
+export function runs(): {
+  scenario: Scenario;
+  index: number;
+  fair: boolean;
+  name: string;
+}[] {
+  return scenarios.flatMap((scenario, index) => [
+    { scenario, index, fair: false, name: scenario.name },
+    ...(scenario.waits
+      ? [{ scenario, index, fair: true, name: `${scenario.name} (fair)` }]
+      : []),
+  ]);
 }
 
 /** One behaviour, stated as its name. */
 export interface Scenario {
   readonly name: string;
+  /** The scenario waits for a lock: it runs once per way of waiting. */
+  readonly waits?: true;
   readonly fn: (ctx: Context) => Promise<void>;
 }
 
@@ -76,10 +98,12 @@ export async function runScenario(
   scenario: Scenario,
   index: number,
   runner: Runner,
+  fair = false,
 ): Promise<void> {
   const closers: (() => Promise<unknown>)[] = [];
   const ctx: Context = {
-    name: `scenario-${index}`,
+    name: `scenario-${index}${fair ? "-fair" : ""}`,
+    fair,
     async client() {
       const [client, close] = await runner.open();
       closers.push(async () => {
@@ -192,17 +216,20 @@ export const scenarios: Scenario[] = [
   },
   {
     name: "Lock.acquire() returns false when the timeout elapses",
+    waits: true,
     async fn(ctx) {
       const client = await ctx.client();
       await using _holder = await acquire(client, ctx.name);
       const started = Date.now();
       assert.equal(
-        await new Lock(client, ctx.name).acquire({ timeout: 200 }),
+        await new Lock(client, ctx.name, { fair: ctx.fair }).acquire({
+          timeout: 200,
+        }),
         false,
       );
       assert.ok(Date.now() - started >= 190, "waited for the timeout");
       await assert.rejects(
-        acquire(client, ctx.name, { timeout: 50 }),
+        acquire(client, ctx.name, { timeout: 50, fair: ctx.fair }),
         AcquireTimeoutError,
       );
     },
@@ -222,12 +249,13 @@ export const scenarios: Scenario[] = [
   },
   {
     name: "a waiter wakes when the holder's expiry passes, without a release",
+    waits: true,
     async fn(ctx) {
       const client = await ctx.client();
       const holder = new Lock(client, ctx.name, { expire: 300 });
       await holder.acquire();
       const started = Date.now();
-      const waiter = new Lock(client, ctx.name);
+      const waiter = new Lock(client, ctx.name, { fair: ctx.fair });
       assert.equal(await waiter.acquire({ timeout: 10_000 }), true);
       const waited = Date.now() - started;
       assert.ok(waited >= 250, `acquired after ${waited} ms, before expiry`);
@@ -238,6 +266,7 @@ export const scenarios: Scenario[] = [
   },
   {
     name: "a waiter times out while the holder keeps renewing",
+    waits: true,
     async fn(ctx) {
       const client = await ctx.client();
       await using holder = await acquire(client, ctx.name, {
@@ -245,7 +274,9 @@ export const scenarios: Scenario[] = [
         autoRenewal: true,
       });
       assert.equal(
-        await new Lock(client, ctx.name).acquire({ timeout: 1_000 }),
+        await new Lock(client, ctx.name, { fair: ctx.fair }).acquire({
+          timeout: 1_000,
+        }),
         false,
       );
       assert.equal(await ctx.raw("GET", `lock:${ctx.name}`), holder.id);
@@ -254,9 +285,12 @@ export const scenarios: Scenario[] = [
   },
   {
     name: "a waiter acquires once a holder in another client releases",
+    waits: true,
     async fn(ctx) {
       const holder = await acquire(await ctx.client(), ctx.name);
-      const waiter = new Lock(await ctx.client(), ctx.name);
+      const waiter = new Lock(await ctx.client(), ctx.name, {
+        fair: ctx.fair,
+      });
       const waiting = waiter.acquire({ timeout: 10_000 });
       await blockedClients(ctx, 1);
       await holder.release();
@@ -390,9 +424,12 @@ export const scenarios: Scenario[] = [
   },
   {
     name: "Lock.reset() wakes a waiter",
+    waits: true,
     async fn(ctx) {
       await using _holder = await acquire(await ctx.client(), ctx.name);
-      const waiter = new Lock(await ctx.client(), ctx.name);
+      const waiter = new Lock(await ctx.client(), ctx.name, {
+        fair: ctx.fair,
+      });
       const waiting = waiter.acquire({ timeout: 10_000 });
       await blockedClients(ctx, 1);
       await new Lock(await ctx.client(), ctx.name).reset();
@@ -403,15 +440,19 @@ export const scenarios: Scenario[] = [
   },
   {
     name: "resetAll() deletes every lock and wakes their waiters",
+    waits: true,
     async fn(ctx) {
       const client = await ctx.client();
       const names = [`${ctx.name}:1`, `${ctx.name}:2`];
       const holders = await Promise.all(
         names.map((name) => acquire(client, name)),
       );
-      const waiters = names.map((name) => new Lock(client, name));
+      const waiters: Lock[] = [];
+      for (const name of names) {
+        waiters.push(new Lock(await ctx.client(), name, { fair: ctx.fair }));
+      }
       const waiting = waiters.map((lock) => lock.acquire({ timeout: 10_000 }));
-      for (const name of names) await queued(ctx, name);
+      await blockedClients(ctx, 2);
       assert.equal(await resetAll(client), 2);
       assert.deepEqual(await Promise.all(waiting), [true, true]);
       for (const waiter of waiters) await waiter.release();
@@ -503,6 +544,7 @@ export const scenarios: Scenario[] = [
   {
     name:
       "an abort while waiting rejects with the reason and leaves nothing behind",
+    waits: true,
     async fn(ctx) {
       const client = await ctx.client();
       await using holder = await acquire(client, ctx.name);
@@ -510,7 +552,7 @@ export const scenarios: Scenario[] = [
         (await ctx.raw("KEYS", `*${ctx.name}*`) as string[]).sort();
       const before = await keys();
       const controller = new AbortController();
-      const waiter = new Lock(client, ctx.name);
+      const waiter = new Lock(client, ctx.name, { fair: ctx.fair });
       const waiting = settle(waiter.acquire({ signal: controller.signal }));
       await blockedClients(ctx, 1);
       const reason = new Error("stop waiting");
@@ -528,20 +570,25 @@ export const scenarios: Scenario[] = [
   {
     name:
       "a waiter aborted after taking a wake-up passes it on to the next waiter",
+    waits: true,
     async fn(ctx) {
       const client = await ctx.client();
       const holder = await acquire(client, ctx.name);
       const controller = new AbortController();
       const first = settle(
-        new Lock(client, ctx.name).acquire({ signal: controller.signal }),
+        new Lock(client, ctx.name, { fair: ctx.fair }).acquire({
+          signal: controller.signal,
+        }),
       );
       await blockedClients(ctx, 1);
-      const second = new Lock(await ctx.client(), ctx.name);
+      const second = new Lock(await ctx.client(), ctx.name, {
+        fair: ctx.fair,
+      });
       const waiting = second.acquire({ timeout: 5_000 });
       await blockedClients(ctx, 2);
-      // The release and the abort's CLIENT UNBLOCK go down the same
-      // connection: the first waiter is served the wake-up before the
-      // unblock arrives, so it has taken it when it learns of the abort.
+      // The release goes out before the abort does anything: the first
+      // waiter is handed the lock (fair) or served the wake-up before it
+      // learns of the abort, and must pass it on.
       const releasedAt = Date.now();
       const released = holder.release();
       controller.abort(new Error("gave up"));

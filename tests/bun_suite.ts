@@ -6,7 +6,7 @@
 
 // @ts-ignore: the "bun" module exists only under Bun.
 import { RedisClient } from "bun";
-import { runScenario, scenarios } from "./_scenarios.ts";
+import { runs, runScenario } from "./_scenarios.ts";
 
 interface BunRedis {
   send(command: string, args: string[]): Promise<unknown>;
@@ -23,7 +23,8 @@ const open = async (): Promise<BunRedis> => {
 
 const raw = await open();
 let failed = 0;
-for (const [index, scenario] of scenarios.entries()) {
+const all = runs();
+for (const { scenario, index, fair, name } of all) {
   try {
     await runScenario(scenario, index, {
       async open() {
@@ -31,13 +32,13 @@ for (const [index, scenario] of scenarios.entries()) {
         return [client, () => Promise.resolve(client.close())] as const;
       },
       raw: (command, args) => raw.send(command, args),
-    });
-    console.log(`ok ${scenario.name}`);
+    }, fair);
+    console.log(`ok ${name}`);
   } catch (error) {
     failed++;
-    console.log(`FAILED ${scenario.name}: ${(error as Error).stack ?? error}`);
+    console.log(`FAILED ${name}: ${(error as Error).stack ?? error}`);
   }
 }
 raw.close();
-console.log(`${scenarios.length - failed} passed, ${failed} failed`);
+console.log(`${all.length - failed} passed, ${failed} failed`);
 process.exit(failed === 0 ? 0 : 1);

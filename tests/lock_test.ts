@@ -5,7 +5,7 @@
 
 import { allKinds } from "./_clients.ts";
 import { RespClient } from "./_resp.ts";
-import { runScenario, scenarios } from "./_scenarios.ts";
+import { runs, runScenario } from "./_scenarios.ts";
 import { RedisServer } from "./_server.ts";
 
 for (const kind of allKinds) {
@@ -20,11 +20,8 @@ for (const kind of allKinds) {
       raw: (command: string, args: string[]) => raw.send(command, args),
     };
     try {
-      for (const [index, scenario] of scenarios.entries()) {
-        await t.step(
-          scenario.name,
-          () => runScenario(scenario, index, runner),
-        );
+      for (const { scenario, index, fair, name } of runs()) {
+        await t.step(name, () => runScenario(scenario, index, runner, fair));
       }
     } finally {
       await raw.close();

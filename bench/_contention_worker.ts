@@ -1,0 +1,144 @@
+/**
+ * One worker process of the contention benchmark (contention.ts). It
+ * connects with ioredis, waits at the start barrier, then for `seconds`
+ * loops acquire → hold → release on one lock name with the implementation
+ * it is given, and prints its count and acquire waits as JSON.
+ *
+ *   deno run -A bench/_contention_worker.ts <implementation> <port> <hold ms> <seconds>
+ */
+
+import { Redis } from "ioredis";
+import Redlock from "redlock";
+import { Mutex } from "redis-semaphore";
+import { Lock, shutdown } from "../mod.ts";
+
+/** One implementation: resolves once acquired; the result releases. */
+export type Acquire = () => Promise<() => Promise<unknown>>;
+
+const NAME = "contended";
+const EXPIRE = 10_000;
+
+const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The implementations compared, by the names the harness passes. */
+export const implementations: Record<string, (redis: Redis) => Acquire> = {
+  "@x/redis-lock": (redis) => {
+    const lock = new Lock(redis, NAME, { expire: EXPIRE });
+    return async () => {
+      await lock.acquire();
+      return () => lock.release();
+    };
+  },
+  "@x/redis-lock fair": (redis) => {
+    const lock = new Lock(redis, NAME, { expire: EXPIRE, fair: true });
+    return async () => {
+      await lock.acquire();
+      return () => lock.release();
+    };
+  },
+  "redlock (defaults)": (redis) => {
+    const redlock = new Redlock([redis]);
+    return retrying(async () => {
+      const lock = await redlock.acquire([NAME], EXPIRE);
+      return () => lock.release();
+    });
+  },
+  "redlock (retryDelay 10)": (redis) => {
+    const redlock = new Redlock([redis], { retryDelay: 10 });
+    return retrying(async () => {
+      const lock = await redlock.acquire([NAME], EXPIRE);
+      return () => lock.release();
+    });
+  },
+  "redis-semaphore Mutex": (redis) => {
+    const mutex = new Mutex(redis, NAME);
+    return retrying(async () => {
+      await mutex.acquire();
+      return () => mutex.release();
+    });
+  },
+  "proto: python-style BLPOP wake": (redis) => {
+    const id = crypto.randomUUID();
+    const key = `lock:${NAME}`;
+    const signal = `lock-signal:${NAME}`;
+    const blocking = redis.duplicate();
+    return async () => {
+      for (;;) {
+        const r = await redis.eval(
+          "if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -3 end return redis.call('pttl', KEYS[1])",
+          1,
+          key,
+          id,
+          EXPIRE,
+        ) as number;
+        if (r === -3) break;
+        await blocking.blpop(signal, Math.max(0.01, r / 1000));
+      }
+      return () =>
+        redis.eval(
+          "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[2]) redis.call('lpush', KEYS[2], 1) redis.call('pexpire', KEYS[2], 1000) return redis.call('del', KEYS[1]) end return 0",
+          2,
+          key,
+          signal,
+          id,
+        );
+    };
+  },
+  "SET NX PX + 10 ms poll": (redis) => {
+    const id = crypto.randomUUID();
+    const key = `lock:${NAME}`;
+    return async () => {
+      while (await redis.set(key, id, "PX", EXPIRE, "NX") !== "OK") {
+        await delay(10);
+      }
+      return () =>
+        redis.eval(
+          "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+          1,
+          key,
+          id,
+        );
+    };
+  },
+};
+
+/**
+ * Peers give up after their retry limit (redlock: 10 retries) and throw;
+ * the loop's acquire keeps trying, and its wait counts from the first try.
+ */
+function retrying(acquire: Acquire): Acquire {
+  return async () => {
+    for (;;) {
+      try {
+        return await acquire();
+      } catch {
+        // retries exhausted: try again
+      }
+    }
+  };
+}
+
+if (import.meta.main) {
+  const [implementation, port, hold, seconds] = Deno.args;
+  const redis = new Redis(Number(port), "127.0.0.1");
+  const acquire = implementations[implementation](redis);
+  const holdMs = Number(hold);
+
+  // The start barrier: ready, then one go for everyone.
+  await redis.incr("bench:ready");
+  await redis.blpop("bench:go", 0);
+
+  const until = performance.now() + Number(seconds) * 1000;
+  const waits: number[] = [];
+  while (performance.now() < until) {
+    const started = performance.now();
+    const release = await acquire();
+    waits.push(Math.round((performance.now() - started) * 100) / 100);
+    if (holdMs > 0) await delay(holdMs);
+    await release();
+  }
+  console.log(JSON.stringify({ acquisitions: waits.length, waits }));
+  await shutdown(redis);
+  redis.disconnect();
+  Deno.exit(0);
+}

@@ -1,0 +1,200 @@
+/**
+ * The contention benchmark: the protocol of python-redis-lock's own
+ * (examples/bench.py). For each number of worker processes and each hold
+ * time, every worker loops acquire → hold → release on one lock name for
+ * T seconds, and the implementations run one after another on the same
+ * redis-server, with the same client (ioredis):
+ *
+ * - @x/redis-lock (this library)
+ * - node-redlock, with its defaults and with `retryDelay: 10`
+ * - redis-semaphore's Mutex, with its defaults
+ * - a naive SET NX PX that polls every 10 ms
+ *
+ * For each case it prints: total acquisitions, per-worker min / avg / max
+ * (and min/max, the fairness), acquire-wait p50 and p99, Redis commands per
+ * acquisition (INFO commandstats, commands run inside scripts included) and
+ * the clients connected during the run. Output: a Markdown table, and JSON
+ * in bench/results/contention.json.
+ *
+ *   deno task bench:contention                      # T = 5 s
+ *   deno task bench:contention --seconds 2 --workers 1,8 --hold 0 --only @x/redis-lock
+ */
+
+import { Redis } from "ioredis";
+import { RedisServer } from "../tests/_server.ts";
+import { implementations } from "./_contention_worker.ts";
+
+interface Case {
+  implementation: string;
+  workers: number;
+  hold: number;
+}
+
+interface Result extends Case {
+  seconds: number;
+  total: number;
+  perSecond: number;
+  min: number;
+  avg: number;
+  max: number;
+  fairness: number;
+  p50: number;
+  p99: number;
+  commandsPerAcquisition: number;
+  clients: number;
+}
+
+function option(name: string, fallback: string): string {
+  const index = Deno.args.indexOf(`--${name}`);
+  return index >= 0 ? Deno.args[index + 1] : fallback;
+}
+
+const SECONDS = Number(option("seconds", "5"));
+const WORKERS = option("workers", "1,2,8,32").split(",").map(Number);
+const HOLDS = option("hold", "0,10").split(",").map(Number);
+const ONLY = option("only", "");
+const NAMES = Object.keys(implementations).filter((name) =>
+  ONLY === "" || ONLY.split(",").includes(name)
+);
+
+const worker = new URL("./_contention_worker.ts", import.meta.url).pathname;
+const config = new URL("../deno.json", import.meta.url).pathname;
+const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
+}
+
+/** Total calls in INFO commandstats, without the harness's own. */
+function commandCalls(info: string, workers: number): number {
+  let total = 0;
+  for (
+    const [, command, calls] of info.matchAll(/cmdstat_(\S+?):calls=(\d+)/g)
+  ) {
+    if (command === "info" || command.startsWith("config")) continue;
+    total += Number(calls);
+  }
+  // The start barrier: each worker's BLPOP, and the harness's one LPUSH.
+  return total - workers - 1;
+}
+
+async function run(redis: Redis, port: number, c: Case): Promise<Result> {
+  await redis.flushall();
+  const children = Array.from(
+    { length: c.workers },
+    () =>
+      new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          "--config",
+          config,
+          worker,
+          c.implementation,
+          String(port),
+          String(c.hold),
+          String(SECONDS),
+        ],
+        stdout: "piped",
+        stderr: "inherit",
+      }).spawn(),
+  );
+  while (Number(await redis.get("bench:ready")) < c.workers) await delay(20);
+  await redis.config("RESETSTAT");
+  await redis.lpush("bench:go", ...Array(c.workers).fill("1"));
+  await delay(SECONDS * 500);
+  const clientsInfo = await redis.info("clients");
+  const clients = Number(/connected_clients:(\d+)/.exec(clientsInfo)![1]) - 1;
+  const outputs = await Promise.all(children.map((child) => child.output()));
+  const stats = await redis.info("commandstats");
+
+  const counts: number[] = [];
+  const waits: number[] = [];
+  for (const output of outputs) {
+    if (output.code !== 0) {
+      throw new Error(`a worker of ${c.implementation} failed`);
+    }
+    const result = JSON.parse(new TextDecoder().decode(output.stdout));
+    counts.push(result.acquisitions);
+    for (const wait of result.waits) waits.push(wait);
+  }
+  waits.sort((a, b) => a - b);
+  const total = counts.reduce((sum, count) => sum + count, 0);
+  const min = Math.min(...counts);
+  const max = Math.max(...counts);
+  return {
+    ...c,
+    seconds: SECONDS,
+    total,
+    perSecond: total / SECONDS,
+    min,
+    avg: total / c.workers,
+    max,
+    fairness: max === 0 ? 0 : min / max,
+    p50: percentile(waits, 0.5),
+    p99: percentile(waits, 0.99),
+    commandsPerAcquisition: commandCalls(stats, c.workers) / total,
+    clients,
+  };
+}
+
+function fixed(value: number, digits: number): string {
+  return Number.isFinite(value) ? value.toFixed(digits) : "–";
+}
+
+function row(r: Result): string {
+  return `| ${r.implementation} | ${r.workers} | ${r.hold} | ${r.total} | ${
+    Math.round(r.perSecond)
+  } | ${r.min} / ${Math.round(r.avg)} / ${r.max} | ${fixed(r.fairness, 2)} | ${
+    fixed(r.p50, 1)
+  } | ${fixed(r.p99, 1)} | ${
+    fixed(r.commandsPerAcquisition, 1)
+  } | ${r.clients} |`;
+}
+
+const HEADER =
+  "| implementation | workers | hold ms | acquisitions | per s | per worker min / avg / max | fairness | wait p50 ms | wait p99 ms | commands / acquisition | clients |\n" +
+  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";
+
+await using server = await RedisServer.start();
+const redis = new Redis(server.port, server.hostname);
+const version = /redis_version:(\S+)/.exec(await redis.info("server"))![1];
+console.log(
+  `Contention benchmark: T = ${SECONDS} s per case, redis ${version} on loopback, ioredis, ${navigator.hardwareConcurrency} cores.\n`,
+);
+console.log(HEADER);
+const results: Result[] = [];
+for (const hold of HOLDS) {
+  for (const workers of WORKERS) {
+    for (const implementation of NAMES) {
+      const result = await run(redis, server.port, {
+        implementation,
+        workers,
+        hold,
+      });
+      results.push(result);
+      console.log(row(result));
+    }
+  }
+}
+redis.disconnect();
+
+await Deno.mkdir(new URL("./results/", import.meta.url), { recursive: true });
+await Deno.writeTextFile(
+  new URL("./results/contention.json", import.meta.url),
+  JSON.stringify(
+    {
+      date: new Date().toISOString(),
+      redis: version,
+      seconds: SECONDS,
+      results,
+    },
+    null,
+    2,
+  ) + "\n",
+);
+await Deno.writeTextFile(
+  new URL("./results/contention.md", import.meta.url),
+  `${HEADER}\n${results.map(row).join("\n")}\n`,
+);
