@@ -29,8 +29,8 @@ export const implementations: Record<string, (redis: Redis) => Acquire> = {
       return () => lock.release();
     };
   },
-  "@x/redis-lock fair": (redis) => {
-    const lock = new Lock(redis, NAME, { expire: EXPIRE, fair: true });
+  "@x/redis-lock fair: false": (redis) => {
+    const lock = new Lock(redis, NAME, { expire: EXPIRE, fair: false });
     return async () => {
       await lock.acquire();
       return () => lock.release();

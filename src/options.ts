@@ -40,12 +40,12 @@ export interface LockOptions {
   /**
    * First come, first served: a waiter queues in Redis, and a release hands
    * the lock straight to the first in the queue, so no waiter starves and
-   * the wait is predictable. Otherwise a release wakes one waiter, which
-   * races for the lock with anyone else who asks (as python-redis-lock's
-   * waiters do): more acquisitions per second when holds are very short,
-   * less even between waiters.
+   * waits are predictable. With `false`, a release wakes one waiter, which
+   * races for the lock with anyone else who asks, as python-redis-lock's
+   * waiters do: choose it to share wake-ups evenly with Python waiters on
+   * the same lock (queued waiters are served before them).
    *
-   * @default {false}
+   * @default {true}
    */
   fair?: boolean;
 }
@@ -166,7 +166,7 @@ export function validateName(name: unknown): string {
 /** Checks {@linkcode LockOptions} and fills in the defaults. */
 export function validateLockOptions(options: unknown): ValidLockOptions {
   const action = "create lock";
-  const { expire, id, autoRenewal = false, signalExpire = 1000, fair = false } =
+  const { expire, id, autoRenewal = false, signalExpire = 1000, fair = true } =
     optionsObject(action, options) as LockOptions;
   if (expire !== undefined) positiveInteger(action, "expire", expire);
   if (id !== undefined) {

@@ -226,6 +226,7 @@ export class Waiter {
   /** Sent time of the latest `BLPOP` that found the wake list empty. */
   #emptyAt = -Infinity;
   #idleTimer: Timer | undefined;
+  #idleSince = 0;
   #closed = false;
 
   constructor(main: Connection) {
@@ -283,8 +284,6 @@ export class Waiter {
       this.#queues.set(request.name, queue);
     }
     queue.waits.push(wait);
-    clearTimeout(this.#idleTimer);
-    this.#idleTimer = undefined;
 
     if (tried !== undefined) {
       this.#waitFor(queue, wait, tried.ticket, tried.sentAt, tried.pttl);
@@ -538,6 +537,9 @@ export class Waiter {
       return;
     }
     const { keys, id, expire, signalExpire } = head.request;
+    // While it races it takes no further wake-up: one left in the signal
+    // list goes to a waiter that can use it.
+    head.armed = false;
     const sentAt = now();
     const reply = await acquireScript.call(this.#main, keys, [
       id,
@@ -547,7 +549,9 @@ export class Waiter {
     if (typeof reply !== "number") {
       const [status, pttl] = reply as number[];
       if (status === 0) {
+        head.armed = true;
         this.#armExpiry(queue, pttl);
+        this.#pump();
         return;
       }
       queue.waits.shift();
@@ -718,16 +722,24 @@ export class Waiter {
   #idleCheck(): void {
     if (
       this.#closed || this.#queues.size > 0 || this.#pending !== undefined ||
-      this.#idleTimer !== undefined || this.#blocking === undefined
+      this.#blocking === undefined
     ) {
       return;
     }
-    this.#idleTimer = setTimeout(() => {
-      this.#idleTimer = undefined;
-      if (this.#queues.size === 0 && this.#pending === undefined) {
-        this.#dropConnection();
-      }
-    }, IDLE);
+    // One timer per idle spell, not per wait: it looks again when it fires.
+    this.#idleSince = now();
+    this.#idleTimer ??= setTimeout(() => this.#closeIfIdle(), IDLE);
+  }
+
+  #closeIfIdle(): void {
+    this.#idleTimer = undefined;
+    if (this.#queues.size > 0 || this.#pending !== undefined) return;
+    const idle = now() - this.#idleSince;
+    if (idle >= IDLE) {
+      this.#dropConnection();
+    } else {
+      this.#idleTimer = setTimeout(() => this.#closeIfIdle(), IDLE - idle);
+    }
   }
 
   #dropConnection(): Promise<void> {
