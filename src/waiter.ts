@@ -216,6 +216,13 @@ export class Waiter {
   readonly #process = randomProcessId();
   readonly #wakeKey = WAKE_PREFIX + this.#process;
   readonly #queues = new Map<string, NameQueue>();
+  /** Acquires that wait for another's first try of the same name. */
+  readonly #trying = new Map<string, (() => void)[]>();
+  /**
+   * Tickets whose queueing command is on its way, with a hand-over that
+   * arrived before its reply.
+   */
+  readonly #sent = new Map<string, string | undefined>();
   /** Waits with an entry in Redis, by ticket. */
   readonly #tickets = new Map<string, Wait>();
   #sequence = 0;
@@ -239,15 +246,27 @@ export class Waiter {
    * when aborted.
    */
   acquire(request: WaitRequest): Promise<Acquisition | undefined> {
-    if (this.#queues.has(request.name)) return this.#join(request);
+    const { name } = request;
+    if (this.#queues.has(name)) return this.#join(request);
+    const deferred = this.#trying.get(name);
+    if (deferred !== undefined) {
+      // Another acquire here is trying this name: its answer decides.
+      const { promise, resolve } = Promise.withResolvers<
+        Acquisition | undefined
+      >();
+      deferred.push(() => resolve(this.acquire(request)));
+      return promise;
+    }
     // Nobody here waits for this name: try at once, queueing if busy.
+    this.#trying.set(name, []);
     const ticket = this.#ticket();
-    const { keys, id, expire } = request;
+    const { keys, id, expire, fair } = request;
+    if (fair) this.#sent.set(ticket, undefined);
     const sentAt = now();
     return acquireScript.call(this.#main, keys, [
       id,
       expire === undefined ? "" : String(expire),
-      request.fair ? `${this.#process}|${ticket}` : "",
+      fair ? `${this.#process}|${ticket}` : "",
     ]).then((reply) => {
       if (typeof reply === "number") {
         return { token: reply, since: sentAt, initial: expire };
@@ -255,6 +274,11 @@ export class Waiter {
       const [status, value] = reply as number[];
       if (status === 2) throw alreadyHeld(request);
       return this.#join(request, { ticket, sentAt, pttl: value });
+    }).finally(() => {
+      this.#sent.delete(ticket);
+      const waiting = this.#trying.get(name)!;
+      this.#trying.delete(name);
+      for (const next of waiting) next();
     });
   }
 
@@ -285,12 +309,6 @@ export class Waiter {
     }
     queue.waits.push(wait);
 
-    if (tried !== undefined) {
-      this.#waitFor(queue, wait, tried.ticket, tried.sentAt, tried.pttl);
-    } else if (queue.waits.length === 1) {
-      this.#serial(queue, () => this.#advance(queue));
-    }
-
     const { deadline, signal } = request;
     if (deadline !== Infinity) {
       wait.timer = setTimeout(
@@ -300,9 +318,15 @@ export class Waiter {
     }
     if (signal !== undefined) {
       wait.onAbort = () => this.#giveUp(queue, wait, { reason: signal.reason });
-      if (signal.aborted) wait.onAbort();
-      else signal.addEventListener("abort", wait.onAbort, { once: true });
+      signal.addEventListener("abort", wait.onAbort, { once: true });
     }
+
+    if (tried !== undefined) {
+      this.#waitFor(queue, wait, tried.ticket, tried.sentAt, tried.pttl);
+    } else if (queue.waits.length === 1) {
+      this.#serial(queue, () => this.#advance(queue));
+    }
+    if (signal?.aborted) wait.onAbort!();
     return promise;
   }
 
@@ -340,6 +364,9 @@ export class Waiter {
       wait.entry = this.#entry(ticket, wait.request);
       wait.since = sentAt;
       this.#tickets.set(ticket, wait);
+      const early = this.#sent.get(ticket);
+      this.#sent.delete(ticket);
+      if (early !== undefined) return this.#onWake(early);
     } else {
       wait.armed = true;
     }
@@ -368,12 +395,16 @@ export class Waiter {
       const { keys, id, expire, signalExpire, fair } = head.request;
       const queueIt = fair && !head.abandoned;
       const ticket = this.#ticket();
+      if (queueIt) this.#sent.set(ticket, undefined);
       const sentAt = now();
       const reply = await acquireScript.call(this.#main, keys, [
         id,
         expire === undefined ? "" : String(expire),
         queueIt ? `${this.#process}|${ticket}` : "",
-      ]);
+      ]).catch((error) => {
+        this.#sent.delete(ticket);
+        throw error;
+      });
       const [status, value] = typeof reply === "number"
         ? [1, reply]
         : reply as number[];
@@ -381,6 +412,7 @@ export class Waiter {
         this.#waitFor(queue, head, ticket, sentAt, value);
         return;
       }
+      this.#sent.delete(ticket);
       queue.waits.shift();
       if (status === 0) {
         if (queueIt) {
@@ -471,9 +503,15 @@ export class Waiter {
   /** A hand-over arrived on the wake list. */
   #onWake(value: string): void {
     const colon = value.indexOf(":");
-    const wait = this.#tickets.get(value.slice(0, colon));
+    const ticket = value.slice(0, colon);
+    const wait = this.#tickets.get(ticket);
+    if (wait === undefined) {
+      // The hand-over can overtake the reply that queued the wait.
+      if (this.#sent.has(ticket)) this.#sent.set(ticket, value);
+      return;
+    }
     // A wait that gave up passes the lock on when it leaves the queue.
-    if (wait === undefined || wait.abandoned) return;
+    if (wait.abandoned) return;
     this.#tickets.delete(wait.ticket!);
     const queue = this.#queues.get(wait.request.name)!;
     queue.waits.splice(queue.waits.indexOf(wait), 1);

@@ -6,6 +6,9 @@
  *     key `counter:<name>` with a non-atomic GET then SET, and records when
  *     it held the lock; prints the intervals as JSON.
  *
+ *   deno run tests/_worker.ts queue <port> <name>
+ *     waits for the lock (first come, first served) until killed.
+ *
  *   deno run tests/_worker.ts hold <port> <name> <start-at-epoch-ms>
  *     waits until the given time, acquires (blocking, no expiry), counts the
  *     acquisition in `acquired:<name>`, and holds the lock until killed.
@@ -31,6 +34,9 @@ if (mode === "count") {
   console.log(JSON.stringify({ pid: Deno.pid, intervals }));
   await shutdown(redis);
   await redis.quit();
+} else if (mode === "queue") {
+  await acquire(redis, name);
+  await new Promise(() => {}); // killed while waiting, or holding
 } else {
   await new Promise((resolve) => setTimeout(resolve, Number(arg) - Date.now()));
   await acquire(redis, name);

@@ -1,0 +1,185 @@
+/**
+ * The waiting engine: bounded connections however many waiters, one queue
+ * entry per process and name, first come first served within a process,
+ * exactly one waiter woken per release, the hand-over's short expiry and
+ * its claim, and recovery from a waiter that died while queued.
+ */
+
+import assert from "node:assert/strict";
+import { Redis } from "ioredis";
+import { acquire, Lock, shutdown } from "../mod.ts";
+import { RespClient } from "./_resp.ts";
+import { delay, queued } from "./_scenarios.ts";
+import { RedisServer } from "./_server.ts";
+
+interface Bed extends AsyncDisposable {
+  server: RedisServer;
+  raw: RespClient;
+  client(): Promise<Redis>;
+  /** For the scenario helpers: a raw command. */
+  command(command: string, ...args: (string | number)[]): Promise<unknown>;
+}
+
+/** A server, a raw connection, and ioredis clients closed at the end. */
+async function bed(): Promise<Bed> {
+  const server = await RedisServer.start();
+  const raw = await RespClient.connect(server.port);
+  const clients: Redis[] = [];
+  return {
+    server,
+    raw,
+    command: (command, ...args) => raw.command(command, ...args),
+    async client() {
+      const client = new Redis(server.port, server.hostname);
+      await new Promise((resolve) => client.once("ready", resolve));
+      clients.push(client);
+      return client;
+    },
+    async [Symbol.asyncDispose]() {
+      for (const client of clients) {
+        await shutdown(client);
+        await client.quit();
+      }
+      await raw.close();
+      await server[Symbol.asyncDispose]();
+    },
+  };
+}
+
+async function connectedClients(raw: RespClient): Promise<number> {
+  const info = String(await raw.command("INFO", "clients"));
+  return Number(/connected_clients:(\d+)/.exec(info)![1]);
+}
+
+for (const fair of [true, false]) {
+  Deno.test(`1,000 waiters on 100 names in one process use at most 4 connections (fair: ${fair})`, async () => {
+    await using env = await bed();
+    const holderClient = await env.client();
+    const waiterClient = await env.client();
+    const names = Array.from({ length: 100 }, (_, i) => `many:${i}`);
+    const holders = await Promise.all(
+      names.map((name) => acquire(holderClient, name)),
+    );
+    // The raw connection and the two clients' own.
+    const before = await connectedClients(env.raw);
+
+    const order = new Map<string, number[]>(names.map((name) => [name, []]));
+    const waits = [];
+    for (let i = 0; i < 10; i++) {
+      for (const name of names) {
+        const lock = new Lock(waiterClient, name, { fair });
+        waits.push(
+          lock.acquire({ timeout: 60_000 }).then(async (acquired) => {
+            order.get(name)!.push(i);
+            await lock.release();
+            return acquired;
+          }),
+        );
+      }
+    }
+    if (fair) {
+      for (const name of names) await queued({ raw: env.command }, name);
+      for (const name of names) {
+        assert.equal(
+          await env.raw.command("LLEN", `lock-queue:${name}`),
+          1,
+          "one entry per process and name: the head's",
+        );
+      }
+    } else {
+      await delay(500);
+    }
+    const during = await connectedClients(env.raw);
+    assert.ok(
+      during - before + 1 <= 4,
+      `the waiting client uses ${during - before + 1} connections`,
+    );
+
+    for (const holder of holders) await holder.release();
+    assert.ok((await Promise.all(waits)).every(Boolean));
+    for (const name of names) {
+      assert.deepEqual(
+        order.get(name),
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        "served first come, first served",
+      );
+    }
+  });
+}
+
+Deno.test("a release wakes exactly one local waiter, the first", async () => {
+  await using env = await bed();
+  const holder = await acquire(await env.client(), "one");
+  const client = await env.client();
+  const locks = [0, 1, 2].map(() => new Lock(client, "one"));
+  const settled: number[] = [];
+  const waits = locks.map((lock, i) =>
+    lock.acquire().then(() => settled.push(i))
+  );
+  await queued({ raw: env.command }, "one");
+  await holder.release();
+  await waits[0];
+  await delay(200);
+  assert.deepEqual(settled, [0], "only the first was woken");
+  await locks[0].release();
+  await waits[1];
+  await delay(200);
+  assert.deepEqual(settled, [0, 1]);
+  await locks[1].release();
+  await waits[2];
+  await locks[2].release();
+});
+
+Deno.test("a hand-over sets a short expiry that the new holder lengthens to its own", async () => {
+  await using env = await bed();
+  for (const expire of [30_000, undefined]) {
+    const holder = await acquire(await env.client(), "claim");
+    const waiter = new Lock(await env.client(), "claim", { expire });
+    const waiting = waiter.acquire();
+    await queued({ raw: env.command }, "claim");
+    await holder.release();
+    assert.equal(await waiting, true);
+    const first = await env.raw.command("PTTL", "lock:claim") as number;
+    assert.ok(first > 0 && first <= 5_000, `handed over with ${first} ms`);
+    await delay(2_000);
+    const later = await env.raw.command("PTTL", "lock:claim") as number;
+    if (expire === undefined) assert.equal(later, -1, "now never expires");
+    else assert.ok(later > 25_000, `claimed its own expiry: ${later} ms`);
+    await waiter.release();
+  }
+});
+
+Deno.test("a waiter that died while queued delays the lock by at most the hand-over expiry", async () => {
+  await using env = await bed();
+  const holder = await acquire(await env.client(), "died");
+  const worker = new URL("./_worker.ts", import.meta.url).pathname;
+  const config = new URL("../deno.json", import.meta.url).pathname;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "--config",
+      config,
+      worker,
+      "queue",
+      String(env.server.port),
+      "died",
+    ],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  await queued({ raw: env.command }, "died");
+  child.kill("SIGKILL");
+  await child.status;
+
+  const waiter = new Lock(await env.client(), "died");
+  const waiting = waiter.acquire({ timeout: 20_000 });
+  await queued({ raw: env.command }, "died", 2);
+  const released = performance.now();
+  await holder.release();
+  assert.equal(await waiting, true);
+  const waited = performance.now() - released;
+  assert.ok(waited >= 4_000, `the dead waiter held it first (${waited} ms)`);
+  assert.ok(waited < 8_000, `then the live waiter got it (${waited} ms)`);
+  await waiter.release();
+});
