@@ -21,72 +21,48 @@ const EXPIRE = 10_000;
 const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** The implementations compared, by the names the harness passes. */
-export const implementations: Record<string, (redis: Redis) => Acquire> = {
-  "@x/redis-lock": (redis) => {
-    const lock = new Lock(redis, NAME, { expire: EXPIRE });
+export const implementations: Record<
+  string,
+  (redis: Redis, name: string) => Acquire
+> = {
+  "@x/redis-lock": (redis, name) => {
+    const lock = new Lock(redis, name, { expire: EXPIRE });
     return async () => {
       await lock.acquire();
       return () => lock.release();
     };
   },
-  "@x/redis-lock fair: false": (redis) => {
-    const lock = new Lock(redis, NAME, { expire: EXPIRE, fair: false });
+  "@x/redis-lock fair: false": (redis, name) => {
+    const lock = new Lock(redis, name, { expire: EXPIRE, fair: false });
     return async () => {
       await lock.acquire();
       return () => lock.release();
     };
   },
-  "redlock (defaults)": (redis) => {
+  "redlock (defaults)": (redis, name) => {
     const redlock = new Redlock([redis]);
     return retrying(async () => {
-      const lock = await redlock.acquire([NAME], EXPIRE);
+      const lock = await redlock.acquire([name], EXPIRE);
       return () => lock.release();
     });
   },
-  "redlock (retryDelay 10)": (redis) => {
+  "redlock (retryDelay 10)": (redis, name) => {
     const redlock = new Redlock([redis], { retryDelay: 10 });
     return retrying(async () => {
-      const lock = await redlock.acquire([NAME], EXPIRE);
+      const lock = await redlock.acquire([name], EXPIRE);
       return () => lock.release();
     });
   },
-  "redis-semaphore Mutex": (redis) => {
-    const mutex = new Mutex(redis, NAME);
+  "redis-semaphore Mutex": (redis, name) => {
+    const mutex = new Mutex(redis, name);
     return retrying(async () => {
       await mutex.acquire();
       return () => mutex.release();
     });
   },
-  "proto: python-style BLPOP wake": (redis) => {
+  "SET NX PX + 10 ms poll": (redis, name) => {
     const id = crypto.randomUUID();
-    const key = `lock:${NAME}`;
-    const signal = `lock-signal:${NAME}`;
-    const blocking = redis.duplicate();
-    return async () => {
-      for (;;) {
-        const r = await redis.eval(
-          "if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -3 end return redis.call('pttl', KEYS[1])",
-          1,
-          key,
-          id,
-          EXPIRE,
-        ) as number;
-        if (r === -3) break;
-        await blocking.blpop(signal, Math.max(0.01, r / 1000));
-      }
-      return () =>
-        redis.eval(
-          "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[2]) redis.call('lpush', KEYS[2], 1) redis.call('pexpire', KEYS[2], 1000) return redis.call('del', KEYS[1]) end return 0",
-          2,
-          key,
-          signal,
-          id,
-        );
-    };
-  },
-  "SET NX PX + 10 ms poll": (redis) => {
-    const id = crypto.randomUUID();
-    const key = `lock:${NAME}`;
+    const key = `lock:${name}`;
     return async () => {
       while (await redis.set(key, id, "PX", EXPIRE, "NX") !== "OK") {
         await delay(10);
@@ -121,10 +97,13 @@ function retrying(acquire: Acquire): Acquire {
 if (import.meta.main) {
   const [implementation, port, hold, seconds] = Deno.args;
   const redis = new Redis(Number(port), "127.0.0.1");
-  const acquire = implementations[implementation](redis);
+  const acquire = implementations[implementation](redis, NAME);
   const holdMs = Number(hold);
 
-  // The start barrier: ready, then one go for everyone.
+  // Warm up (load scripts, compile the code paths) on a lock of its own,
+  // then the start barrier: ready, then one go for everyone.
+  const warmUp = implementations[implementation](redis, `warm-up:${Deno.pid}`);
+  await (await warmUp())();
   await redis.incr("bench:ready");
   await redis.blpop("bench:go", 0);
 

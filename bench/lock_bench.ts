@@ -1,8 +1,11 @@
 /**
- * Uncontended acquire + release beside the raw floor: what one `SET NX PX`
- * and one `EVALSHA` compare-and-delete cost on the same client (ioredis),
- * against the same server, in the same process. The summary deno bench
- * prints under the group is the ratio a person reads.
+ * Micro-benchmarks, each beside its raw floor on the same client (ioredis),
+ * server and process; the summary deno bench prints under each group is the
+ * ratio a person reads.
+ *
+ * - uncontended acquire + release, against one `SET NX PX` and one
+ *   `EVALSHA` compare-and-delete;
+ * - extend, against one `EVALSHA` compare-and-`PEXPIRE`.
  *
  *   deno task bench
  */
@@ -15,11 +18,14 @@ const server = await RedisServer.start();
 globalThis.addEventListener("unload", () => server.disposeSync());
 const redis = new Redis(server.port, server.hostname);
 
-const DELETE = `if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
-end
-return 0`;
-const deleteSha = await redis.script("LOAD", DELETE) as string;
+const script = async (source: string) =>
+  await redis.script("LOAD", source) as string;
+const deleteSha = await script(
+  "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+);
+const pexpireSha = await script(
+  "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0",
+);
 
 Deno.bench({
   name: "raw floor: SET NX PX + EVALSHA delete",
@@ -46,5 +52,31 @@ Deno.bench({
   group: "uncontended acquire + release",
   async fn() {
     await using _lock = await acquire(redis, "bench-using", { expire: 10_000 });
+  },
+});
+
+await redis.call("SET", "lock:raw-extend", "id", "PX", "10000");
+Deno.bench({
+  name: "raw floor: EVALSHA compare-and-PEXPIRE",
+  group: "extend",
+  baseline: true,
+  async fn() {
+    await redis.call(
+      "EVALSHA",
+      pexpireSha,
+      "1",
+      "lock:raw-extend",
+      "id",
+      "10000",
+    );
+  },
+});
+
+const held = await acquire(redis, "bench-extend", { expire: 10_000 });
+Deno.bench({
+  name: "Lock.extend()",
+  group: "extend",
+  async fn() {
+    await held.extend();
   },
 });

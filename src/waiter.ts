@@ -263,22 +263,34 @@ export class Waiter {
     const { keys, id, expire, fair } = request;
     if (fair) this.#sent.set(ticket, undefined);
     const sentAt = now();
+    // Once the answer is known (and the wait joined, if it must), the
+    // acquires that waited for it go on in order.
+    const answered = () => {
+      this.#sent.delete(ticket);
+      const waiting = this.#trying.get(name)!;
+      this.#trying.delete(name);
+      for (const next of waiting) next();
+    };
     return acquireScript.call(this.#main, keys, [
       id,
       expire === undefined ? "" : String(expire),
       fair ? `${this.#process}|${ticket}` : "",
     ]).then((reply) => {
       if (typeof reply === "number") {
+        answered();
         return { token: reply, since: sentAt, initial: expire };
       }
       const [status, value] = reply as number[];
-      if (status === 2) throw alreadyHeld(request);
-      return this.#join(request, { ticket, sentAt, pttl: value });
-    }).finally(() => {
-      this.#sent.delete(ticket);
-      const waiting = this.#trying.get(name)!;
-      this.#trying.delete(name);
-      for (const next of waiting) next();
+      if (status === 2) {
+        answered();
+        throw alreadyHeld(request);
+      }
+      const joined = this.#join(request, { ticket, sentAt, pttl: value });
+      answered();
+      return joined;
+    }, (error) => {
+      answered();
+      throw error;
     });
   }
 

@@ -183,3 +183,24 @@ Deno.test("a waiter that died while queued delays the lock by at most the hand-o
   assert.ok(waited < 8_000, `then the live waiter got it (${waited} ms)`);
   await waiter.release();
 });
+
+Deno.test("shutdown() rejects pending acquires and leaves nothing behind", async () => {
+  await using env = await bed();
+  const holder = await acquire(await env.client(), "shut");
+  const client = await env.client();
+  const waiting = [
+    new Lock(client, "shut").acquire(),
+    new Lock(client, "shut", { fair: false }).acquire(),
+  ].map((wait) => assert.rejects(wait, /shut down/));
+  await queued({ raw: env.command }, "shut");
+  await shutdown(client);
+  await Promise.all(waiting);
+  assert.equal(await env.raw.command("EXISTS", "lock-queue:shut"), 0);
+  assert.equal(await env.raw.command("GET", "lock:shut"), holder.id);
+  // A later wait opens a new connection.
+  const later = new Lock(client, "shut");
+  const waiting2 = later.acquire();
+  await holder.release();
+  assert.equal(await waiting2, true);
+  await later.release();
+});
