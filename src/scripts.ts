@@ -189,8 +189,7 @@ else
   else
     state = 2
     if ARGV[3] == '1' then
-      redis.call('lpush', KEYS[2], 1)
-      redis.call('pexpire', KEYS[2], ARGV[1])
+      ${SIGNAL}
     end
   end
 end

@@ -86,6 +86,10 @@ export interface Acquisition {
 
 type Timer = ReturnType<typeof setTimeout>;
 
+function shutDown({ name }: WaitRequest): LockError {
+  return new LockError(`Stopped waiting for lock '${name}': shut down`);
+}
+
 function alreadyHeld({ name, id }: WaitRequest): AlreadyAcquiredError {
   return new AlreadyAcquiredError(
     `Lock '${name}' is already held with id '${id}'`,
@@ -223,6 +227,8 @@ export class Waiter {
    * arrived before its reply.
    */
   readonly #sent = new Map<string, string | undefined>();
+  /** Commands no wait owns: first tries, and wake-ups put back. */
+  readonly #inflight = new Set<Promise<void>>();
   /** Waits with an entry in Redis, by ticket. */
   readonly #tickets = new Map<string, Wait>();
   #sequence = 0;
@@ -232,6 +238,8 @@ export class Waiter {
   #unblocking: Promise<void> | undefined;
   /** Sent time of the latest `BLPOP` that found the wake list empty. */
   #emptyAt = -Infinity;
+  /** When every name was last looked at. */
+  #lastTick = now();
   #idleTimer: Timer | undefined;
   #idleSince = 0;
   #closed = false;
@@ -246,6 +254,7 @@ export class Waiter {
    * when aborted.
    */
   acquire(request: WaitRequest): Promise<Acquisition | undefined> {
+    if (this.#closed) return Promise.reject(shutDown(request));
     const { name } = request;
     if (this.#queues.has(name)) return this.#join(request);
     const deferred = this.#trying.get(name);
@@ -271,11 +280,13 @@ export class Waiter {
       this.#trying.delete(name);
       for (const next of waiting) next();
     };
-    return acquireScript.call(this.#main, keys, [
+    const reply = acquireScript.call(this.#main, keys, [
       id,
       expire === undefined ? "" : String(expire),
       fair ? `${this.#process}|${ticket}` : "",
-    ]).then((reply) => {
+    ]);
+    this.#track(reply);
+    return reply.then((reply) => {
       if (typeof reply === "number") {
         answered();
         return { token: reply, since: sentAt, initial: expire };
@@ -292,6 +303,13 @@ export class Waiter {
       answered();
       throw error;
     });
+  }
+
+  /** Keeps a command that no wait owns until it settles, for shutdown(). */
+  #track(promise: Promise<unknown>): void {
+    const settled = promise.then(() => {}, () => {});
+    this.#inflight.add(settled);
+    settled.then(() => this.#inflight.delete(settled));
   }
 
   #ticket(): string {
@@ -323,10 +341,15 @@ export class Waiter {
 
     const { deadline, signal } = request;
     if (deadline !== Infinity) {
-      wait.timer = setTimeout(
-        () => this.#giveUp(queue, wait, undefined),
-        Math.min(Math.max(0, deadline - now()), MAX_TIMER_DELAY),
-      );
+      const expire = () => {
+        const left = deadline - now();
+        if (left > 0) {
+          wait.timer = setTimeout(expire, Math.min(left, MAX_TIMER_DELAY));
+        } else {
+          this.#giveUp(queue, wait, undefined);
+        }
+      };
+      expire();
     }
     if (signal !== undefined) {
       wait.onAbort = () => this.#giveUp(queue, wait, { reason: signal.reason });
@@ -349,15 +372,22 @@ export class Waiter {
     );
   }
 
-  /** A Redis failure in an operation on a name fails its waits. */
-  #failQueue(queue: NameQueue, error: unknown): void {
+  /**
+   * A failure fails the name's waits; their entries leave the queue in
+   * Redis if Redis still answers.
+   */
+  async #failQueue(queue: NameQueue, error: unknown): Promise<void> {
+    const failure = error instanceof TypeError ? error : undefined;
     for (const wait of queue.waits.splice(0)) {
-      if (wait.ticket !== undefined) this.#tickets.delete(wait.ticket);
+      if (wait.entry !== undefined) {
+        await this.#cancel(wait, "").catch(() => {});
+      }
       wait.reject(
-        new LockError(
-          `Cannot wait for lock '${wait.request.name}': Redis failed`,
-          { cause: error },
-        ),
+        failure ??
+          new LockError(
+            `Cannot wait for lock '${wait.request.name}': Redis failed`,
+            { cause: error },
+          ),
       );
     }
     this.#forget(queue);
@@ -369,7 +399,7 @@ export class Waiter {
     wait: Wait,
     ticket: string,
     sentAt: number,
-    pttl: number,
+    pttl?: number,
   ): void {
     if (wait.request.fair) {
       wait.ticket = ticket;
@@ -382,14 +412,8 @@ export class Waiter {
     } else {
       wait.armed = true;
     }
-    this.#armExpiry(queue, pttl);
+    if (pttl !== undefined) this.#armExpiry(queue, pttl);
     this.#pump();
-  }
-
-  #newEntry(wait: Wait): string {
-    wait.ticket = this.#ticket();
-    wait.entry = this.#entry(wait.ticket, wait.request);
-    return wait.entry;
   }
 
   /**
@@ -476,22 +500,29 @@ export class Waiter {
    * place to the next local waiter; a lock already handed to it is passed on.
    */
   async #leave(queue: NameQueue, wait: Wait): Promise<void> {
-    const isHead = queue.head === wait;
-    const next = isHead
-      ? queue.waits.find((other) => other !== wait && other.entry === undefined)
+    const next = queue.head === wait
+      ? queue.waits.find((other) =>
+        other !== wait && other.entry === undefined && !other.abandoned
+      )
       : undefined;
-    const nextEntry = next === undefined ? "" : this.#newEntry(next);
+    const ticket = next === undefined ? "" : this.#ticket();
+    const nextEntry = next === undefined
+      ? ""
+      : this.#entry(ticket, next.request);
+    // A release may hand the place over before this reply comes back.
+    if (next !== undefined) this.#sent.set(ticket, undefined);
     const sentAt = now();
-    const [status, token] = await this.#cancel(wait, nextEntry);
+    const [status, token] = await this.#cancel(wait, nextEntry).catch(
+      (error) => {
+        this.#sent.delete(ticket);
+        throw error;
+      },
+    );
     queue.waits.splice(queue.waits.indexOf(wait), 1);
     wait.settleAbandoned();
     if (next !== undefined) {
-      next.since = sentAt;
-      if (status === 0) {
-        this.#tickets.set(next.ticket!, next);
-        return;
-      }
-      next.entry = undefined;
+      if (status === 0) return this.#waitFor(queue, next, ticket, sentAt);
+      this.#sent.delete(ticket);
       if (status === 3) {
         queue.waits.splice(queue.waits.indexOf(next), 1);
         next.resolve({ token, since: sentAt, initial: next.handOverExpire });
@@ -558,7 +589,8 @@ export class Waiter {
     }
     if (queued === 1) {
       head.since = Math.max(head.since, sentAt);
-      if (state === 0) this.#armExpiry(queue, pttl as number);
+      // Handed to the first in the queue: if it died, its hold ends by then.
+      this.#armExpiry(queue, state === 0 ? pttl as number : HAND_OVER_EXPIRE);
       return;
     }
     if (owner === head.request.id) return; // handed to it: the wake-up is coming
@@ -708,12 +740,19 @@ export class Waiter {
     }
     this.#pending = undefined;
     if (reply === null) {
-      this.#emptyAt = Math.max(this.#emptyAt, pending.sentAt);
-      if (!pending.interrupted) this.#tick();
+      // The wake list was empty when this BLPOP ended: whatever it holds
+      // later was pushed after it was sent.
+      if (pending.keys.has(this.#wakeKey)) {
+        this.#emptyAt = Math.max(this.#emptyAt, pending.sentAt);
+      }
     } else {
       const [key, value] = reply as string[];
       if (key === this.#wakeKey) this.#onWake(value);
       else this.#onSignal(key);
+    }
+    if (now() - this.#lastTick >= TICK * 1000) {
+      this.#lastTick = now();
+      this.#tick();
     }
     this.#pump();
   }
@@ -728,8 +767,8 @@ export class Waiter {
     if (queue !== undefined) {
       this.#look(queue, true);
     } else {
-      inspect(this.#main, lockKeys(name), undefined, undefined, true).catch(
-        () => {},
+      this.#track(
+        inspect(this.#main, lockKeys(name), undefined, undefined, true),
       );
     }
   }
@@ -752,18 +791,25 @@ export class Waiter {
     pending.interrupted = true;
     this.#unblocking = (async () => {
       const { id } = await this.#connection();
-      for (let attempt = 0; this.#pending === pending; attempt++) {
+      // Within a few tries the BLPOP has arrived, or it ends at its timeout.
+      for (
+        let attempt = 0;
+        attempt < 8 && this.#pending === pending;
+        attempt++
+      ) {
         if (await this.#main.send("CLIENT", ["UNBLOCK", id]) === 1) return;
         if (this.#pending === pending) await pause(Math.min(1 << attempt, 20));
       }
     })().catch(() => {}).finally(() => {
       this.#unblocking = undefined;
+      // Keys wanted meanwhile may need another interruption.
+      this.#pump();
     });
   }
 
   #failAll(error: unknown): void {
-    for (const queue of [...this.#queues.values()]) {
-      this.#failQueue(queue, error);
+    for (const queue of this.#queues.values()) {
+      this.#serial(queue, () => this.#failQueue(queue, error));
     }
     this.#dropConnection();
   }
@@ -807,14 +853,12 @@ export class Waiter {
     this.#closed = true;
     clearTimeout(this.#idleTimer);
     this.#idleTimer = undefined;
+    // First tries on their way join their queues first.
+    while (this.#inflight.size > 0) await Promise.all(this.#inflight);
     const queues = [...this.#queues.values()];
     for (const queue of queues) {
       for (const wait of queue.waits) {
-        wait.abandoned ??= {
-          reason: new LockError(
-            `Stopped waiting for lock '${wait.request.name}': shut down`,
-          ),
-        };
+        wait.abandoned ??= { reason: shutDown(wait.request) };
       }
       this.#serial(queue, async () => {
         const head = queue.head;

@@ -204,3 +204,43 @@ Deno.test("shutdown() rejects pending acquires and leaves nothing behind", async
   assert.equal(await waiting2, true);
   await later.release();
 });
+
+Deno.test("shutdown() during a first try rejects it and leaves no entry", async () => {
+  await using env = await bed();
+  const holder = await acquire(await env.client(), "early");
+  const client = await env.client();
+  const waiting = [
+    new Lock(client, "early").acquire(),
+    new Lock(client, "early").acquire(), // waits for the first's try
+  ].map((wait) => assert.rejects(wait, /shut down/));
+  await shutdown(client); // in the same tick: the first try is on its way
+  await Promise.all(waiting);
+  assert.equal(await env.raw.command("EXISTS", "lock-queue:early"), 0);
+  await holder.release();
+});
+
+Deno.test("a waiter that gives up leaves its place to the next local waiter, served at once", async () => {
+  await using env = await bed();
+  const holderClient = await env.client();
+  const client = await env.client();
+  for (let round = 0; round < 15; round++) {
+    const holder = await acquire(holderClient, "handed-on");
+    const controller = new AbortController();
+    const first = new Lock(client, "handed-on")
+      .acquire({ signal: controller.signal })
+      .catch(() => "aborted");
+    const second = new Lock(client, "handed-on");
+    const waiting = second.acquire({ timeout: 10_000 });
+    await queued({ raw: env.command }, "handed-on");
+    // The first's place goes to the second just as the release hands the
+    // lock to that place (the hand-over may overtake the reply).
+    controller.abort();
+    const released = performance.now();
+    await holder.release();
+    assert.equal(await first, "aborted");
+    assert.equal(await waiting, true);
+    const waited = performance.now() - released;
+    assert.ok(waited < 2_000, `round ${round}: served after ${waited} ms`);
+    await second.release();
+  }
+});
