@@ -46,7 +46,8 @@ export class Lease {
   /** The fencing token of this holding. */
   readonly token: number;
   readonly #name: string;
-  readonly #owner: WeakRef<object>;
+  /** Held weakly, and only by a lease that renews: see {@linkcode Keeping.keep}. */
+  #owner: WeakRef<object> | undefined;
   readonly #keeping: Keeping;
   #controller: AbortController | undefined;
   /** `performance.now()` at which the lock expires at the latest. */
@@ -81,7 +82,6 @@ export class Lease {
   ) {
     this.#name = name;
     this.token = token;
-    this.#owner = new WeakRef(owner);
     this.#keeping = keeping;
     this.#controller = controller;
     this.extended(since, initial);
@@ -90,6 +90,7 @@ export class Lease {
       initial !== undefined &&
       (initial !== keeping.expire || keeping.autoRenewal)
     ) {
+      this.#owner = new WeakRef(owner);
       this.#scheduleKeep(since + initial / 3, initial);
     }
   }
@@ -159,7 +160,7 @@ export class Lease {
     if (this.#ended) return;
     this.#keepTimer = later(at - performance.now(), async () => {
       this.#keepTimer = undefined;
-      if (this.#owner.deref() === undefined) {
+      if (this.#owner?.deref() === undefined) {
         this.lose(
           `Lock '${this.#name}' was garbage collected without release`,
         );

@@ -110,6 +110,7 @@ export class Lock implements AsyncDisposable {
   /** Behind `lock.signal`; made when first read. */
   #controller: AbortController | undefined;
   #released: LockError | undefined;
+  #keep: ((ms: number | undefined) => Promise<boolean>) | undefined;
   #lease: Lease | undefined;
 
   /**
@@ -208,7 +209,9 @@ export class Lock implements AsyncDisposable {
         signal,
       );
     }
-    const deadline = performance.now() + timeout;
+    const deadline = timeout === Infinity
+      ? Infinity
+      : performance.now() + timeout;
     for (;;) {
       let acquisition: Acquisition | undefined;
       try {
@@ -264,7 +267,7 @@ export class Lock implements AsyncDisposable {
   }
 
   #keeper(): (ms: number | undefined) => Promise<boolean> {
-    return keeper(this.#connection, this.#keys, this.id);
+    return this.#keep ??= keeper(this.#connection, this.#keys, this.id);
   }
 
   /**

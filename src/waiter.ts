@@ -86,6 +86,9 @@ export interface Acquisition {
 
 type Timer = ReturnType<typeof setTimeout>;
 
+/** No acquire waits for a first try: shared, never changed. */
+const NONE: (() => void)[] = [];
+
 function shutDown({ name }: WaitRequest): LockError {
   return new LockError(`Stopped waiting for lock '${name}': shut down`);
 }
@@ -227,8 +230,9 @@ export class Waiter {
    * arrived before its reply.
    */
   readonly #sent = new Map<string, string | undefined>();
-  /** Commands no wait owns: first tries, and wake-ups put back. */
-  readonly #inflight = new Set<Promise<void>>();
+  /** Commands no wait owns yet (first tries, wake-ups put back), for shutdown(). */
+  #unowned = 0;
+  #drained: (() => void) | undefined;
   /** Waits with an entry in Redis, by ticket. */
   readonly #tickets = new Map<string, Wait>();
   #sequence = 0;
@@ -263,11 +267,13 @@ export class Waiter {
       const { promise, resolve } = Promise.withResolvers<
         Acquisition | undefined
       >();
-      deferred.push(() => resolve(this.acquire(request)));
+      const next = () => resolve(this.acquire(request));
+      if (deferred === NONE) this.#trying.set(name, [next]);
+      else deferred.push(next);
       return promise;
     }
     // Nobody here waits for this name: try at once, queueing if busy.
-    this.#trying.set(name, []);
+    this.#trying.set(name, NONE);
     const ticket = this.#ticket();
     const { keys, id, expire, fair } = request;
     if (fair) this.#sent.set(ticket, undefined);
@@ -275,18 +281,18 @@ export class Waiter {
     // Once the answer is known (and the wait joined, if it must), the
     // acquires that waited for it go on in order.
     const answered = () => {
+      this.#done();
       this.#sent.delete(ticket);
       const waiting = this.#trying.get(name)!;
       this.#trying.delete(name);
       for (const next of waiting) next();
     };
-    const reply = acquireScript.call(this.#main, keys, [
+    this.#unowned++;
+    return acquireScript.call(this.#main, keys, [
       id,
       expire === undefined ? "" : String(expire),
       fair ? `${this.#process}|${ticket}` : "",
-    ]);
-    this.#track(reply);
-    return reply.then((reply) => {
+    ]).then((reply) => {
       if (typeof reply === "number") {
         answered();
         return { token: reply, since: sentAt, initial: expire };
@@ -305,11 +311,9 @@ export class Waiter {
     });
   }
 
-  /** Keeps a command that no wait owns until it settles, for shutdown(). */
-  #track(promise: Promise<unknown>): void {
-    const settled = promise.then(() => {}, () => {});
-    this.#inflight.add(settled);
-    settled.then(() => this.#inflight.delete(settled));
+  /** A command no wait owned has settled. */
+  #done(): void {
+    if (--this.#unowned === 0) this.#drained?.();
   }
 
   #ticket(): string {
@@ -767,9 +771,10 @@ export class Waiter {
     if (queue !== undefined) {
       this.#look(queue, true);
     } else {
-      this.#track(
-        inspect(this.#main, lockKeys(name), undefined, undefined, true),
-      );
+      this.#unowned++;
+      inspect(this.#main, lockKeys(name), undefined, undefined, true)
+        .catch(() => {})
+        .finally(() => this.#done());
     }
   }
 
@@ -854,7 +859,10 @@ export class Waiter {
     clearTimeout(this.#idleTimer);
     this.#idleTimer = undefined;
     // First tries on their way join their queues first.
-    while (this.#inflight.size > 0) await Promise.all(this.#inflight);
+    while (this.#unowned > 0) {
+      await new Promise<void>((resolve) => this.#drained = resolve);
+    }
+    this.#drained = undefined;
     const queues = [...this.#queues.values()];
     for (const queue of queues) {
       for (const wait of queue.waits) {
