@@ -9,14 +9,20 @@
  *   `<ticket>:<token>` to the wake list of that entry's process: the new
  *   holder learns it holds the lock from the push itself, with no further
  *   round trip.
- * - The waiter sleeps in one `BLPOP` over its wake list and the signal lists
- *   of the names it waits for (where python-redis-lock releases push). A new
- *   name interrupts the `BLPOP` with `CLIENT UNBLOCK` to join it.
- * - A timer per name wakes the waiter when the holder's expiry passes; the
- *   `BLPOP` times out every `TICK` to look at each name again, which finds a
- *   process that died after being handed a lock.
+ * - One `BLPOP` covers the wake list and the signal lists of the names
+ *   waited for (where python-redis-lock's releases push): see
+ *   `_blocking_pop.ts`.
+ * - A timer per name wakes the waiter when the holder's expiry passes; every
+ *   `TICK` the waiter looks at each name again, which finds a process that
+ *   died after being handed a lock.
  * - A waiter that gives up leaves its place in Redis to the next local
  *   waiter, and if the lock was already handed to it, passes the lock on.
+ * - With `fair: false` a head does not queue in Redis: it waits for a
+ *   wake-up in the signal list and races for the lock.
+ *
+ * The file is long because these steps share one set of invariants (a
+ * wait's entry, ticket and place in its queue change together, one Redis
+ * operation per name at a time); split, they would be harder to check.
  *
  * @module
  */
@@ -37,6 +43,15 @@ import {
 } from "./keys.ts";
 import { MAX_TIMER_DELAY } from "./options.ts";
 import { ACQUIRE, CANCEL, INSPECT, RELEASE, Script } from "./scripts.ts";
+import { BlockingPop } from "./_blocking_pop.ts";
+import {
+  type Acquisition,
+  NameQueue,
+  Wait,
+  type WaitRequest,
+} from "./_wait.ts";
+
+export type { Acquisition, WaitRequest } from "./_wait.ts";
 
 const acquireScript = new Script(ACQUIRE, (keys) => keys.forAcquire);
 const releaseScript = new Script(RELEASE);
@@ -48,41 +63,6 @@ const TICK = 1;
 
 /** Milliseconds an idle waiter keeps its connection before closing it. */
 const IDLE = 1_000;
-
-/** One `acquire()` that waits. */
-export interface WaitRequest {
-  readonly name: string;
-  readonly keys: LockKeys;
-  readonly id: string;
-  /** The lock's expiry in ms; `undefined`: none. */
-  readonly expire: number | undefined;
-  readonly signalExpire: number;
-  /**
-   * First come, first served: queue in Redis and be handed the lock. Else
-   * wait for a release's wake-up in the signal list and race for the lock,
-   * as python-redis-lock's waiters do.
-   */
-  readonly fair: boolean;
-  /** `performance.now()` at which the caller gives up; may be `Infinity`. */
-  readonly deadline: number;
-  readonly signal: AbortSignal | undefined;
-}
-
-/** How a wait ended with the lock. */
-export interface Acquisition {
-  /** The fencing token. */
-  readonly token: number;
-  /**
-   * `performance.now()` before which the lock was certainly not yet set for
-   * this holder: its expiry counts from here.
-   */
-  readonly since: number;
-  /**
-   * The expiry the lock was set with, in ms: the lock's own, or at most
-   * `HAND_OVER_EXPIRE` after a hand-over; `undefined`: none.
-   */
-  readonly initial: number | undefined;
-}
 
 type Timer = ReturnType<typeof setTimeout>;
 
@@ -114,102 +94,6 @@ async function inspect(
 }
 
 const now = () => performance.now();
-const pause = (ms: number) =>
-  new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-/** One pending `acquire()`. */
-class Wait {
-  readonly request: WaitRequest;
-  readonly #resolve: (value: Acquisition | undefined) => void;
-  readonly #reject: (reason: unknown) => void;
-  settled = false;
-  /** Set when the caller gave up: `undefined` reason for a timeout. */
-  abandoned: { reason: unknown } | undefined;
-  /** Set while this wait has an entry in the queue in Redis (fair). */
-  entry: string | undefined;
-  /** Set while this wait listens for wake-ups in the signal list (not fair). */
-  armed = false;
-  ticket: string | undefined;
-  /** `performance.now()` before which no hand-over to this wait happened. */
-  since = 0;
-  timer: Timer | undefined;
-  onAbort: (() => void) | undefined;
-
-  constructor(
-    request: WaitRequest,
-    resolve: (value: Acquisition | undefined) => void,
-    reject: (reason: unknown) => void,
-  ) {
-    this.request = request;
-    this.#resolve = resolve;
-    this.#reject = reject;
-  }
-
-  /** The expiry a hand-over gives this waiter. */
-  get handOverExpire(): number {
-    const { expire } = this.request;
-    return expire === undefined
-      ? HAND_OVER_EXPIRE
-      : Math.min(expire, HAND_OVER_EXPIRE);
-  }
-
-  #finish(): boolean {
-    if (this.settled) return false;
-    this.settled = true;
-    clearTimeout(this.timer);
-    if (this.onAbort) {
-      this.request.signal?.removeEventListener("abort", this.onAbort);
-    }
-    return true;
-  }
-
-  resolve(value: Acquisition | undefined): void {
-    if (this.#finish()) this.#resolve(value);
-  }
-
-  reject(reason: unknown): void {
-    if (this.#finish()) this.#reject(reason);
-  }
-
-  /** Whether the caller aborted (a timeout still takes a lock it got). */
-  get aborted(): boolean {
-    return this.abandoned !== undefined && this.abandoned.reason !== undefined;
-  }
-
-  /** Settles a wait that gave up: `false` on timeout, the reason on abort. */
-  settleAbandoned(): void {
-    if (this.abandoned?.reason === undefined) this.resolve(undefined);
-    else this.reject(this.abandoned.reason);
-  }
-}
-
-/** The waits of one lock name in this process. */
-class NameQueue {
-  readonly keys: LockKeys;
-  readonly waits: Wait[] = [];
-  /** Redis operations on this name run one after another. */
-  chain: Promise<void> = Promise.resolve();
-  ttlTimer: Timer | undefined;
-
-  constructor(keys: LockKeys) {
-    this.keys = keys;
-  }
-
-  get head(): Wait | undefined {
-    return this.waits[0];
-  }
-}
-
-interface Blocking {
-  readonly connection: Connection;
-  readonly id: string;
-}
-
-interface PendingPop {
-  readonly keys: ReadonlySet<string>;
-  readonly sentAt: number;
-  interrupted: boolean;
-}
 
 function randomProcessId(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(12));
@@ -236,20 +120,39 @@ export class Waiter {
   /** Waits with an entry in Redis, by ticket. */
   readonly #tickets = new Map<string, Wait>();
   #sequence = 0;
-  #blocking: Promise<Blocking> | undefined;
-  #pending: PendingPop | undefined;
-  #popping: Promise<void> = Promise.resolve();
-  #unblocking: Promise<void> | undefined;
+  readonly #pop: BlockingPop;
   /** Sent time of the latest `BLPOP` that found the wake list empty. */
   #emptyAt = -Infinity;
   /** When every name was last looked at. */
   #lastTick = now();
-  #idleTimer: Timer | undefined;
-  #idleSince = 0;
   #closed = false;
 
   constructor(main: Connection) {
     this.#main = main;
+    this.#pop = new BlockingPop(
+      main,
+      {
+        wantedKeys: () => this.#wantedKeys(),
+        popped: (key, value) =>
+          key === this.#wakeKey ? this.#onWake(value) : this.#onSignal(key),
+        empty: (keys, sentAt) => {
+          // The wake list was empty when that BLPOP ended: whatever it holds
+          // later was pushed after it was sent.
+          if (keys.has(this.#wakeKey)) {
+            this.#emptyAt = Math.max(this.#emptyAt, sentAt);
+          }
+        },
+        ended: () => {
+          if (now() - this.#lastTick >= TICK * 1000) {
+            this.#lastTick = now();
+            this.#tick();
+          }
+        },
+        failed: (error) => this.#failAll(error),
+      },
+      TICK,
+      IDLE,
+    );
   }
 
   /**
@@ -417,7 +320,7 @@ export class Waiter {
       wait.armed = true;
     }
     if (pttl !== undefined) this.#armExpiry(queue, pttl);
-    this.#pump();
+    this.#pop.pump();
   }
 
   /**
@@ -637,7 +540,7 @@ export class Waiter {
       if (status === 0) {
         head.armed = true;
         this.#armExpiry(queue, pttl);
-        this.#pump();
+        this.#pop.pump();
         return;
       }
       queue.waits.shift();
@@ -683,7 +586,7 @@ export class Waiter {
     for (const [name, q] of this.#queues) {
       if (q === queue) this.#queues.delete(name);
     }
-    this.#idleCheck();
+    this.#pop.pump();
   }
 
   /**
@@ -698,67 +601,6 @@ export class Waiter {
       }
     }
     return keys;
-  }
-
-  /** Keeps one `BLPOP` running over the wanted keys. */
-  #pump(): void {
-    if (this.#closed) return;
-    const wanted = this.#wantedKeys();
-    if (wanted.length === 0) return this.#idleCheck();
-    const pending = this.#pending;
-    if (pending === undefined) {
-      this.#popping = this.#pop(wanted);
-    } else if (wanted.some((key) => !pending.keys.has(key))) {
-      this.#interrupt(pending);
-    }
-  }
-
-  #connection(): Promise<Blocking> {
-    return this.#blocking ??= (async () => {
-      const connection = await this.#main.duplicate();
-      try {
-        const id = String(await connection.send("CLIENT", ["ID"]));
-        return { connection, id };
-      } catch (error) {
-        await connection.close();
-        throw error;
-      }
-    })();
-  }
-
-  async #pop(keys: string[]): Promise<void> {
-    const pending: PendingPop = {
-      keys: new Set(keys),
-      sentAt: now(),
-      interrupted: false,
-    };
-    this.#pending = pending;
-    let reply: Reply;
-    try {
-      const { connection } = await this.#connection();
-      reply = await connection.send("BLPOP", [...keys, String(TICK)]);
-    } catch (error) {
-      this.#pending = undefined;
-      if (!this.#closed) this.#failAll(error);
-      return;
-    }
-    this.#pending = undefined;
-    if (reply === null) {
-      // The wake list was empty when this BLPOP ended: whatever it holds
-      // later was pushed after it was sent.
-      if (pending.keys.has(this.#wakeKey)) {
-        this.#emptyAt = Math.max(this.#emptyAt, pending.sentAt);
-      }
-    } else {
-      const [key, value] = reply as string[];
-      if (key === this.#wakeKey) this.#onWake(value);
-      else this.#onSignal(key);
-    }
-    if (now() - this.#lastTick >= TICK * 1000) {
-      this.#lastTick = now();
-      this.#tick();
-    }
-    this.#pump();
   }
 
   /**
@@ -786,68 +628,10 @@ export class Waiter {
     }
   }
 
-  /**
-   * Interrupts the running `BLPOP` with `CLIENT UNBLOCK`, which answers 0
-   * both when the `BLPOP` was served already and when it has not reached
-   * the server yet; in the second case it is asked again.
-   */
-  #interrupt(pending: PendingPop): void {
-    if (this.#unblocking !== undefined) return;
-    pending.interrupted = true;
-    this.#unblocking = (async () => {
-      const { id } = await this.#connection();
-      // Within a few tries the BLPOP has arrived, or it ends at its timeout.
-      for (
-        let attempt = 0;
-        attempt < 8 && this.#pending === pending;
-        attempt++
-      ) {
-        if (await this.#main.send("CLIENT", ["UNBLOCK", id]) === 1) return;
-        if (this.#pending === pending) await pause(Math.min(1 << attempt, 20));
-      }
-    })().catch(() => {}).finally(() => {
-      this.#unblocking = undefined;
-      // Keys wanted meanwhile may need another interruption.
-      this.#pump();
-    });
-  }
-
   #failAll(error: unknown): void {
     for (const queue of this.#queues.values()) {
       this.#serial(queue, () => this.#failQueue(queue, error));
     }
-    this.#dropConnection();
-  }
-
-  /** Closes the connection once nothing has waited for a while. */
-  #idleCheck(): void {
-    if (
-      this.#closed || this.#queues.size > 0 || this.#pending !== undefined ||
-      this.#blocking === undefined
-    ) {
-      return;
-    }
-    // One timer per idle spell, not per wait: it looks again when it fires.
-    this.#idleSince = now();
-    this.#idleTimer ??= setTimeout(() => this.#closeIfIdle(), IDLE);
-  }
-
-  #closeIfIdle(): void {
-    this.#idleTimer = undefined;
-    if (this.#queues.size > 0 || this.#pending !== undefined) return;
-    const idle = now() - this.#idleSince;
-    if (idle >= IDLE) {
-      this.#dropConnection();
-    } else {
-      this.#idleTimer = setTimeout(() => this.#closeIfIdle(), IDLE - idle);
-    }
-  }
-
-  #dropConnection(): Promise<void> {
-    const blocking = this.#blocking;
-    this.#blocking = undefined;
-    return blocking?.then(({ connection }) => connection.close(), () => {}) ??
-      Promise.resolve();
   }
 
   /**
@@ -856,8 +640,6 @@ export class Waiter {
    */
   async shutdown(): Promise<void> {
     this.#closed = true;
-    clearTimeout(this.#idleTimer);
-    this.#idleTimer = undefined;
     // First tries on their way join their queues first.
     while (this.#unowned > 0) {
       await new Promise<void>((resolve) => this.#drained = resolve);
@@ -878,11 +660,7 @@ export class Waiter {
       });
     }
     await Promise.all(queues.map((queue) => queue.chain));
-    const pending = this.#pending;
-    if (pending !== undefined) this.#interrupt(pending);
-    await this.#unblocking;
-    await this.#dropConnection();
-    await this.#popping;
+    await this.#pop.close();
   }
 }
 
