@@ -23,6 +23,7 @@
 import { Redis } from "ioredis";
 import { RedisServer } from "../tests/_server.ts";
 import { implementations } from "./_contention_worker.ts";
+import { denoScript } from "../tests/_deno.ts";
 
 interface Case {
   implementation: string;
@@ -57,8 +58,7 @@ const NAMES = Object.keys(implementations).filter((name) =>
   ONLY === "" || ONLY.split(",").includes(name)
 );
 
-const worker = new URL("./_contention_worker.ts", import.meta.url).pathname;
-const config = new URL("../deno.json", import.meta.url).pathname;
+const worker = new URL("./_contention_worker.ts", import.meta.url);
 const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function percentile(sorted: number[], p: number): number {
@@ -84,21 +84,12 @@ async function run(redis: Redis, port: number, c: Case): Promise<Result> {
   const children = Array.from(
     { length: c.workers },
     () =>
-      new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "-A",
-          "--config",
-          config,
-          worker,
-          c.implementation,
-          String(port),
-          String(c.hold),
-          String(SECONDS),
-        ],
-        stdout: "piped",
-        stderr: "inherit",
-      }).spawn(),
+      denoScript(worker, [
+        c.implementation,
+        String(port),
+        String(c.hold),
+        String(SECONDS),
+      ], { stdout: "piped", stderr: "inherit" }).spawn(),
   );
   while (Number(await redis.get("bench:ready")) < c.workers) await delay(20);
   await redis.config("RESETSTAT");

@@ -11,6 +11,7 @@
 
 import { Redis } from "ioredis";
 import { RedisServer } from "../tests/_server.ts";
+import { denoScript } from "../tests/_deno.ts";
 
 const [mode, ...rest] = Deno.args;
 
@@ -35,8 +36,7 @@ if (mode === "--worker") {
 
 const seconds = Number(mode ?? 3);
 const counts = (rest[0] ?? "2,8,32").split(",").map(Number);
-const self = new URL(import.meta.url).pathname;
-const config = new URL("../deno.json", import.meta.url).pathname;
+const self = new URL(import.meta.url);
 
 await using server = await RedisServer.start();
 const redis = new Redis(server.port, server.hostname);
@@ -46,21 +46,13 @@ for (const count of counts) {
   const children = Array.from(
     { length: count },
     (_, index) =>
-      new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "-A",
-          "--config",
-          config,
-          self,
-          "--worker",
-          String(server.port),
-          String(index),
-          String(count),
-          String(seconds),
-        ],
-        stdout: "piped",
-      }).spawn(),
+      denoScript(self, [
+        "--worker",
+        String(server.port),
+        String(index),
+        String(count),
+        String(seconds),
+      ], { stdout: "piped" }).spawn(),
   );
   while (Number(await redis.get("ring:ready")) < count) {
     await new Promise((resolve) => setTimeout(resolve, 20));

@@ -8,6 +8,7 @@
 
 import { Redis } from "ioredis";
 import { RedisServer } from "../tests/_server.ts";
+import { denoScript } from "../tests/_deno.ts";
 
 const WORKERS = 4;
 const SECONDS = Number(Deno.env.get("DEMO_SECONDS") ?? 3);
@@ -17,28 +18,20 @@ const server = Deno.env.get("REDIS_URL")
   : await RedisServer.start();
 const url = Deno.env.get("REDIS_URL") ?? server!.url;
 const redis = new Redis(url);
-const worker = new URL("./worker.ts", import.meta.url).pathname;
-const config = new URL("../deno.json", import.meta.url).pathname;
+const worker = new URL("./worker.ts", import.meta.url);
 
 async function run(mode: "lock" | "nolock") {
   await redis.del("demo:counter");
   const started = performance.now();
   const outputs = await Promise.all(
-    Array.from({ length: WORKERS }, () =>
-      new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "-A",
-          "--config",
-          config,
-          worker,
-          url,
-          String(SECONDS),
-          mode,
-        ],
-        stdout: "piped",
-        stderr: "inherit",
-      }).output()),
+    Array.from(
+      { length: WORKERS },
+      () =>
+        denoScript(worker, [url, String(SECONDS), mode], {
+          stdout: "piped",
+          stderr: "inherit",
+        }).output(),
+    ),
   );
   const seconds = (performance.now() - started) / 1000;
   const counts = outputs.map((output) => {

@@ -61,6 +61,18 @@ redis.call('pexpire', KEYS[2], ARGV[1])
 `;
 
 /**
+ * Statements that let the lock go: to the first queued waiter, or else
+ * deleted with a wake-up in the signal list (python-redis-lock's UNLOCK).
+ */
+const LET_GO = `
+${HAND_OVER}
+if not entry then
+  ${SIGNAL}
+  redis.call('del', KEYS[1])
+end
+`;
+
+/**
  * KEYS: lock, queue, fence (not the signal list: this script never touches
  * it, and every argument costs the client time).
  * ARGV: id, expire ms ("" for none), `<process>|<ticket>` ("" not to queue).
@@ -110,11 +122,7 @@ export const RELEASE = `
 if redis.call('get', KEYS[1]) ~= ARGV[2] then
   return 1
 end
-${HAND_OVER}
-if not entry then
-  ${SIGNAL}
-  redis.call('del', KEYS[1])
-end
+${LET_GO}
 return 0
 `;
 
@@ -160,11 +168,7 @@ return 0
  */
 export const RESET = `
 local existed = redis.call('exists', KEYS[1])
-${HAND_OVER}
-if not entry then
-  ${SIGNAL}
-  redis.call('del', KEYS[1])
-end
+${LET_GO}
 return existed
 `;
 
@@ -226,11 +230,7 @@ if ARGV[3] ~= '' then
   ${SET_FOR_ENTRY}
   return {3, token}
 end
-${HAND_OVER}
-if not entry then
-  ${SIGNAL}
-  redis.call('del', KEYS[1])
-end
+${LET_GO}
 return {1}
 `;
 

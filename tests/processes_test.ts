@@ -6,16 +6,13 @@
 import assert from "node:assert/strict";
 import { RespClient } from "./_resp.ts";
 import { RedisServer } from "./_server.ts";
+import { denoScript } from "./_deno.ts";
 
-const worker = new URL("./_worker.ts", import.meta.url).pathname;
-const config = new URL("../deno.json", import.meta.url).pathname;
+const worker = new URL("./_worker.ts", import.meta.url);
 
 function spawn(...args: string[]): Deno.ChildProcess {
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--config", config, worker, ...args],
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
+  return denoScript(worker, args, { stdout: "piped", stderr: "inherit" })
+    .spawn();
 }
 
 Deno.test("no two processes hold the lock at once, and no update under it is lost", async () => {
@@ -86,18 +83,15 @@ Deno.test("of processes that all ask at the same moment, exactly one gets the lo
 
 Deno.test("the demo shows no lost update with the lock", async () => {
   await using server = await RedisServer.start();
-  const { code, stdout } = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      "--config",
-      config,
-      new URL("../demo/demo.ts", import.meta.url).pathname,
-    ],
-    env: { REDIS_URL: server.url, DEMO_SECONDS: "1" },
-    stdout: "piped",
-    stderr: "inherit",
-  }).output();
+  const { code, stdout } = await denoScript(
+    new URL("../demo/demo.ts", import.meta.url),
+    [],
+    {
+      env: { REDIS_URL: server.url, DEMO_SECONDS: "1" },
+      stdout: "piped",
+      stderr: "inherit",
+    },
+  ).output();
   const output = new TextDecoder().decode(stdout);
   assert.equal(code, 0, output);
   assert.match(output, /with @x\/redis-lock .* ✔ no update lost/);

@@ -11,6 +11,7 @@ import { acquire, Lock, shutdown } from "../mod.ts";
 import { RespClient } from "./_resp.ts";
 import { delay, queued } from "./_scenarios.ts";
 import { RedisServer } from "./_server.ts";
+import { denoScript } from "./_deno.ts";
 
 interface Bed extends AsyncDisposable {
   server: RedisServer;
@@ -152,19 +153,8 @@ Deno.test("a hand-over sets a short expiry that the new holder lengthens to its 
 Deno.test("a waiter that died while queued delays the lock by at most the hand-over expiry", async () => {
   await using env = await bed();
   const holder = await acquire(await env.client(), "died");
-  const worker = new URL("./_worker.ts", import.meta.url).pathname;
-  const config = new URL("../deno.json", import.meta.url).pathname;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      "--config",
-      config,
-      worker,
-      "queue",
-      String(env.server.port),
-      "died",
-    ],
+  const worker = new URL("./_worker.ts", import.meta.url);
+  const child = denoScript(worker, ["queue", String(env.server.port), "died"], {
     stdout: "null",
     stderr: "null",
   }).spawn();
