@@ -226,7 +226,12 @@ export class Lock implements AsyncDisposable {
           signal,
         });
       } catch (error) {
-        if (error instanceof LockError || error === signal?.reason) throw error;
+        if (
+          error instanceof LockError || error instanceof TypeError ||
+          error === signal?.reason
+        ) {
+          throw error;
+        }
         throw new LockError(
           `Cannot acquire lock '${this.name}': Redis failed`,
           { cause: error },

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { Redis } from "ioredis";
 import { acquire, Lock, shutdown } from "../mod.ts";
-import { RespClient } from "./_resp.ts";
+import { DbRedisShape, RespClient } from "./_resp.ts";
 import { delay, queued } from "./_scenarios.ts";
 import { RedisServer } from "./_server.ts";
 import { denoScript } from "./_deno.ts";
@@ -233,4 +233,23 @@ Deno.test("a waiter that gives up leaves its place to the next local waiter, ser
     assert.ok(waited < 2_000, `round ${round}: served after ${waited} ms`);
     await second.release();
   }
+});
+
+Deno.test("a client that cannot open a waiting connection fails a wait with a TypeError and leaves no entry", async () => {
+  await using env = await bed();
+  const holder = await acquire(await env.client(), "no-duplicate");
+  const options = { hostname: env.server.hostname, port: env.server.port };
+  const shape = await DbRedisShape.connect(options); // no duplicate(), no withConnect
+  try {
+    await assert.rejects(
+      new Lock(shape, "no-duplicate").acquire({ timeout: 5_000 }),
+      (error: Error) =>
+        error instanceof TypeError && /withConnect/.test(error.message),
+    );
+    assert.equal(await env.raw.command("EXISTS", "lock-queue:no-duplicate"), 0);
+  } finally {
+    await shutdown(shape);
+    await shape.close();
+  }
+  await holder.release();
 });
