@@ -181,7 +181,7 @@ export interface Connection {
 const decoder = new TextDecoder();
 
 /** Turns every client's reply shapes into {@linkcode Reply}. */
-export function normalize(reply: unknown): Reply {
+function normalize(reply: unknown): Reply {
   if (reply === null || reply === undefined) return null;
   if (typeof reply === "string" || typeof reply === "number") return reply;
   if (typeof reply === "bigint") return Number(reply);
