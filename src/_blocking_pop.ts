@@ -1,197 +1,186 @@
 /**
- * One `BLPOP` kept running, on a connection of its own, over the keys its
- * owner wants: the waiting connection of a client. It opens the connection
- * on first use, interrupts the `BLPOP` with `CLIENT UNBLOCK` when new keys
- * are wanted, and closes the connection once it has been idle a while.
+ * One `BLPOP` kept running, on a connection of its own, over the process's
+ * wake list and the signal lists its owner wants: the waiting connection of
+ * a client.
+ *
+ * - It never acts on a connection it does not own: to make a running
+ *   `BLPOP` take a new key, the owner pushes `!` to the process's own wake
+ *   list (no `CLIENT UNBLOCK`, which would need a client id that a
+ *   reconnect or a restart makes stale, and which proxies may forbid).
+ * - It recovers by itself: a failed connection is dropped and opened again
+ *   after a backoff (see `_owned_connection.ts`); once a new connection
+ *   answers, the owner hears `recovered()` and looks at its names again,
+ *   since a wake-up popped by a `BLPOP` whose reply was lost is gone.
  *
  * @module
  */
 
-import type { Connection, Reply } from "./clients.ts";
+import type { Connection } from "./clients.ts";
+import { classify } from "./_failure.ts";
+import { OwnedConnection } from "./_owned_connection.ts";
+
+/** The value pushed to a wake list to interrupt its `BLPOP`. */
+export const INTERRUPT = "!";
 
 /** What the owner of a {@linkcode BlockingPop} decides and learns. */
 export interface PopOwner {
-  /** The keys to cover now; none lets the running `BLPOP` end. */
-  wantedKeys(): string[];
-  /** A `BLPOP` popped `value` from `key`. */
-  popped(key: string, value: string): void;
-  /** A `BLPOP` over `keys`, sent at `sentAt`, ended with nothing. */
-  empty(keys: ReadonlySet<string>, sentAt: number): void;
-  /** After every `BLPOP`, whatever it brought. */
-  ended(): void;
-  /** The connection failed. */
+  /**
+   * The signal lists to cover besides the wake list, with the signal expiry
+   * of their locks; `undefined` when nothing is waited for.
+   */
+  wanted(): Map<string, number> | undefined;
+  /**
+   * A `BLPOP` popped `value` from `key`; `signalExpire` is that of the
+   * key's lock when the key is a signal list.
+   */
+  popped(key: string, value: string, signalExpire: number): void;
+  /**
+   * A `BLPOP` sent at `sentAt` found the wake list empty: whatever it holds
+   * later was pushed after `sentAt`.
+   */
+  empty(sentAt: number): void;
+  /** The connection answers again after failing: look at every name again. */
+  recovered(): void;
+  /** The connection failed for good (a client that cannot open one, say). */
   failed(error: unknown): void;
+  /** Interrupts the running `BLPOP` (by pushing to the wake list). */
+  interrupt(): void;
 }
 
 interface Running {
-  readonly keys: ReadonlySet<string>;
+  readonly keys: Map<string, number>;
   readonly sentAt: number;
+  interrupted: boolean;
 }
 
-type Timer = ReturnType<typeof setTimeout>;
-
 const now = () => performance.now();
-const pause = (ms: number) =>
-  new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** The waiting connection of a client and its one `BLPOP`. */
 export class BlockingPop {
-  readonly #main: Connection;
+  readonly #connection: OwnedConnection;
   readonly #owner: PopOwner;
+  readonly #wakeKey: string;
   /** Seconds a `BLPOP` blocks at most. */
   readonly #timeout: number;
-  /** Milliseconds of idleness before the connection closes. */
-  readonly #idle: number;
-  #blocking: Promise<{ connection: Connection; id: string }> | undefined;
   #running: Running | undefined;
-  #popping: Promise<void> = Promise.resolve();
-  #unblocking: Promise<void> | undefined;
-  #idleTimer: Timer | undefined;
-  #idleSince = 0;
+  #loop: Promise<void> | undefined;
   #closed = false;
 
   /**
    * @param main The application's connection, which `duplicate()`s the
-   * waiting one and sends `CLIENT UNBLOCK`.
+   * waiting one.
    * @param owner Decides the keys and hears what is popped.
+   * @param wakeKey The process's wake list, always covered.
    * @param timeout Seconds a `BLPOP` blocks at most.
-   * @param idle Milliseconds of idleness before the connection closes.
    */
   constructor(
     main: Connection,
     owner: PopOwner,
+    wakeKey: string,
     timeout: number,
-    idle: number,
   ) {
-    this.#main = main;
+    this.#connection = new OwnedConnection(main);
     this.#owner = owner;
+    this.#wakeKey = wakeKey;
     this.#timeout = timeout;
-    this.#idle = idle;
+  }
+
+  /** Whether the connection is open (or opening). */
+  get isOpen(): boolean {
+    return this.#connection.isOpen;
+  }
+
+  /** Since when the connection has been failing, if it is. */
+  get failing(): { since: number; error: unknown } | undefined {
+    return this.#connection.failing;
   }
 
   /**
-   * Keeps one `BLPOP` running over the wanted keys: starts one, or
-   * interrupts the running one when it misses a key. With none wanted, lets
-   * the running one end and closes the connection once idle.
+   * Keeps one `BLPOP` running over the wanted keys: starts the loop, or
+   * interrupts the running `BLPOP` when it misses a key.
    */
   pump(): void {
     if (this.#closed) return;
-    const wanted = this.#owner.wantedKeys();
+    const wanted = this.#owner.wanted();
+    if (wanted === undefined) return;
+    if (this.#loop === undefined) {
+      this.#loop = this.#run().finally(() => this.#loop = undefined);
+      return;
+    }
     const running = this.#running;
-    if (wanted.length === 0) {
-      if (running === undefined) this.#idleSoon();
-    } else if (running === undefined) {
-      this.#popping = this.#pop(wanted);
-    } else if (wanted.some((key) => !running.keys.has(key))) {
-      this.#interrupt(running);
+    if (
+      running !== undefined && !running.interrupted &&
+      [...wanted.keys()].some((key) => !running.keys.has(key))
+    ) {
+      running.interrupted = true;
+      this.#owner.interrupt();
     }
   }
 
-  #connection(): Promise<{ connection: Connection; id: string }> {
-    return this.#blocking ??= (async () => {
-      const connection = await this.#main.duplicate();
+  async #run(): Promise<void> {
+    let failed = false;
+    for (;;) {
+      const wanted = this.#owner.wanted();
+      if (this.#closed || wanted === undefined) return;
+      if (failed) {
+        // A quick answer tells that the connection is back before a BLPOP
+        // would (it blocks up to its timeout).
+        try {
+          await this.#connection.send("PING", []);
+        } catch (error) {
+          if (this.#stop(error)) return;
+          continue;
+        }
+        failed = false;
+        this.#owner.recovered();
+        continue;
+      }
+      const running: Running = {
+        keys: wanted,
+        sentAt: now(),
+        interrupted: false,
+      };
+      this.#running = running;
+      let reply;
       try {
-        const id = String(await connection.send("CLIENT", ["ID"]));
-        return { connection, id };
+        reply = await this.#connection.send("BLPOP", [
+          this.#wakeKey,
+          ...wanted.keys(),
+          String(this.#timeout),
+        ]);
       } catch (error) {
-        await connection.close();
-        throw error;
+        this.#running = undefined;
+        if (this.#stop(error)) return;
+        failed = true;
+        continue;
       }
-    })();
-  }
-
-  async #pop(keys: string[]): Promise<void> {
-    const running: Running = { keys: new Set(keys), sentAt: now() };
-    this.#running = running;
-    clearTimeout(this.#idleTimer);
-    this.#idleTimer = undefined;
-    let reply: Reply;
-    try {
-      const { connection } = await this.#connection();
-      reply = await connection.send("BLPOP", [...keys, String(this.#timeout)]);
-    } catch (error) {
       this.#running = undefined;
-      if (!this.#closed) {
-        await this.#drop();
-        this.#owner.failed(error);
+      if (this.#closed) return;
+      const [key, value] = (reply ?? []) as string[];
+      if (key !== this.#wakeKey) this.#owner.empty(running.sentAt);
+      if (key !== undefined) {
+        this.#owner.popped(key, value, wanted.get(key) ?? 1000);
       }
-      return;
-    }
-    this.#running = undefined;
-    if (reply === null) {
-      this.#owner.empty(running.keys, running.sentAt);
-    } else {
-      const [key, value] = reply as string[];
-      this.#owner.popped(key, value);
-    }
-    this.#owner.ended();
-    this.pump();
-  }
-
-  /**
-   * Interrupts the running `BLPOP` with `CLIENT UNBLOCK`, which answers 0
-   * both when the `BLPOP` was served already and when it has not reached
-   * the server yet; in the second case it is asked again.
-   */
-  #interrupt(running: Running): void {
-    if (this.#unblocking !== undefined) return;
-    this.#unblocking = (async () => {
-      const { id } = await this.#connection();
-      // Within a few tries the BLPOP has arrived, or it ends at its timeout.
-      for (
-        let attempt = 0;
-        attempt < 8 && this.#running === running;
-        attempt++
-      ) {
-        if (await this.#main.send("CLIENT", ["UNBLOCK", id]) === 1) return;
-        if (this.#running === running) await pause(Math.min(1 << attempt, 20));
-      }
-    })().catch(() => {}).finally(() => {
-      this.#unblocking = undefined;
-      // Keys wanted meanwhile may need another interruption.
-      this.pump();
-    });
-  }
-
-  /** One timer per idle spell, not per wait: it looks again when it fires. */
-  #idleSoon(): void {
-    if (this.#blocking === undefined) return;
-    this.#idleSince = now();
-    this.#idleTimer ??= setTimeout(() => this.#closeIfIdle(), this.#idle);
-  }
-
-  #closeIfIdle(): void {
-    this.#idleTimer = undefined;
-    if (this.#running !== undefined || this.#owner.wantedKeys().length > 0) {
-      return;
-    }
-    const idle = now() - this.#idleSince;
-    if (idle >= this.#idle) {
-      this.#drop();
-    } else {
-      this.#idleTimer = setTimeout(
-        () => this.#closeIfIdle(),
-        this.#idle - idle,
-      );
     }
   }
 
-  #drop(): Promise<void> {
-    const blocking = this.#blocking;
-    this.#blocking = undefined;
-    return blocking?.then(({ connection }) => connection.close(), () => {}) ??
-      Promise.resolve();
+  /** Whether the loop stops on this failure: closed, or failed for good. */
+  #stop(error: unknown): boolean {
+    if (this.#closed) return true;
+    if (classify(error) !== "permanent") return false;
+    this.#owner.failed(error);
+    return true;
   }
 
-  /** Ends the running `BLPOP` and closes the connection. */
+  /** Closes the connection once no `BLPOP` is wanted; a later pump reopens it. */
+  async closeIfIdle(): Promise<void> {
+    if (this.#loop === undefined) await this.#connection.close();
+  }
+
+  /** Ends the running `BLPOP` and closes the connection for good. */
   async close(): Promise<void> {
     this.#closed = true;
-    clearTimeout(this.#idleTimer);
-    this.#idleTimer = undefined;
-    const running = this.#running;
-    if (running !== undefined) this.#interrupt(running);
-    await this.#unblocking;
-    await this.#drop();
-    await this.#popping;
+    await this.#connection.close(true);
+    await this.#loop;
   }
 }

@@ -45,10 +45,12 @@ export interface SendClient {
 export interface IoRedisClient {
   /** Sends one command. */
   call(command: string, ...args: string[]): Promise<unknown>;
-  /** Opens a new connection with the same options. */
-  duplicate(): IoRedisClient;
+  /** Opens a new connection with the same options, but for `override`. */
+  duplicate(override?: Record<string, unknown>): IoRedisClient;
   /** Closes the connection at once. */
   disconnect(): void;
+  /** Listens for an event (`error`). */
+  on?(event: string, listener: (...args: unknown[]) => void): unknown;
 }
 
 /**
@@ -74,6 +76,8 @@ export interface NodeRedisClient {
   destroy?(): void;
   /** Closes the connection at once (v4). */
   disconnect?(): Promise<void>;
+  /** Listens for an event (`error`). */
+  on?(event: string, listener: (...args: unknown[]) => void): unknown;
 }
 
 /**
@@ -172,7 +176,14 @@ export type Reply = string | number | null | Reply[];
 export interface Connection {
   /** Sends one command; rejects with the client's error on an error reply. */
   send(command: string, args: readonly string[]): Promise<Reply>;
-  /** Opens a new connection of the same kind, for blocking commands. */
+  /** Whether {@linkcode Connection.duplicate} can open connections. */
+  readonly canDuplicate: boolean;
+  /**
+   * Opens a new connection of the same kind for the library's own use
+   * (blocking commands, the waiter's commands), without the client's own
+   * command timeouts and re-sending where the client allows: the library
+   * reopens it after a failure itself.
+   */
   duplicate(): Promise<Connection>;
   /** Closes a connection made by `duplicate()`. */
   close(): Promise<void>;
@@ -192,6 +203,26 @@ function normalize(reply: unknown): Reply {
 }
 
 type Send = (command: string, args: readonly string[]) => Promise<unknown>;
+
+/**
+ * ioredis options for the library's own connections: no command timeout (a
+ * `BLPOP` blocks for a second), no reconnection nor re-sending of
+ * unanswered commands (a command sent twice could queue a waiter twice):
+ * the library opens a new connection after a failure.
+ */
+const IOREDIS_OWN = {
+  commandTimeout: undefined,
+  autoResendUnfulfilledCommands: false,
+  retryStrategy: () => null,
+  maxRetriesPerRequest: 0,
+};
+
+/**
+ * Errors of the library's own connections surface as failed commands; the
+ * event would otherwise be logged (ioredis) or crash the process
+ * (node-redis).
+ */
+function ignore(): void {}
 
 function fn(client: object, method: string): boolean {
   return typeof (client as Record<string, unknown>)[method] === "function";
@@ -214,6 +245,10 @@ class Adapter implements Connection {
 
   send(command: string, args: readonly string[]): Promise<Reply> {
     return this.#send(command, args).then(normalize);
+  }
+
+  get canDuplicate(): boolean {
+    return this.#duplicate !== undefined;
   }
 
   duplicate(): Promise<Connection> {
@@ -246,7 +281,11 @@ function adapt(client: RedisClient): Connection {
     const io = client as IoRedisClient;
     return new Adapter(
       (command, args) => io.call(command, ...args),
-      () => Promise.resolve(adapt(io.duplicate())),
+      () => {
+        const copy = io.duplicate(IOREDIS_OWN);
+        copy.on?.("error", ignore);
+        return Promise.resolve(adapt(copy));
+      },
       () => io.disconnect(),
     );
   }
@@ -264,6 +303,7 @@ function adapt(client: RedisClient): Connection {
       (command, args) => node.sendCommand([command, ...args]),
       async () => {
         const copy = node.duplicate();
+        copy.on?.("error", ignore);
         await copy.connect();
         return adapt(copy);
       },

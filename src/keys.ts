@@ -22,11 +22,32 @@ export const QUEUE_PREFIX = "lock-queue:";
 export const WAKE_PREFIX = "lock-wake:";
 
 /**
- * The fencing counter. One counter serves every lock name, so that no key
- * per name stays behind for ever; a token is still strictly increasing over
- * the acquisitions of each name.
+ * Prefix of liveness keys: one per waiting process, refreshed while it has
+ * a waiter queued. A hand-over skips the queue entries of a process whose
+ * key has expired: it died, or lost Redis for longer than `ALIVE_TTL`.
+ */
+export const ALIVE_PREFIX = "lock-alive:";
+
+/**
+ * The fencing counter, `<epoch>:<last token>`. One counter serves every lock
+ * name, so that no key per name stays behind for ever; a token is still
+ * strictly increasing over the acquisitions of each name. Tokens follow the
+ * server's clock in µs (each at least one more than the last), so that they
+ * never go back, even when the counter is lost with the data.
  */
 export const FENCE_KEY = "lock-fence";
+
+/**
+ * Milliseconds a waiting process stays alive in Redis without a refresh;
+ * it refreshes every second while queued.
+ */
+export const ALIVE_TTL = 5_000;
+
+/**
+ * Milliseconds a queue lives without a refresh by one of its waiters: the
+ * queue of waiters that all died goes away by itself.
+ */
+export const QUEUE_TTL = 5_000;
 
 /**
  * The longest expiry a hand-over gives the new holder, in ms. The holder
@@ -45,10 +66,14 @@ export interface LockKeys {
   readonly queue: string;
   /** Counter the fencing tokens are drawn from. */
   readonly fence: string;
-  /** `[lock, signal, queue, fence]`, as the scripts take them. */
+  /** `[lock, signal, queue, fence]`, as the scripts that let go take them. */
   readonly all: readonly string[];
   /** `[lock, queue, fence]`, as ACQUIRE takes them. */
   readonly forAcquire: readonly string[];
+  /** `[lock]`, for the scripts that only set an expiry. */
+  readonly onlyLock: readonly string[];
+  /** `[lock, fence]`, as CLAIM takes them. */
+  readonly forClaim: readonly string[];
 }
 
 /** The keys of the lock called `name`. */
@@ -63,5 +88,7 @@ export function lockKeys(name: string): LockKeys {
     fence: FENCE_KEY,
     all: [lock, signal, queue, FENCE_KEY],
     forAcquire: [lock, queue, FENCE_KEY],
+    onlyLock: [lock],
+    forClaim: [lock, FENCE_KEY],
   };
 }

@@ -13,25 +13,38 @@ import {
   NotExpirableError,
 } from "./errors.ts";
 import { type LockKeys, lockKeys } from "./keys.ts";
-import { Lease } from "./lease.ts";
+import { type Keeping, Lease } from "./lease.ts";
 import {
+  ACQUIRE_OPTIONS,
   type AcquireLockOptions,
   type AcquireOptions,
   invalid,
+  LOCK_OPTIONS,
+  optionsObject,
   positiveInteger,
   validateAcquireOptions,
   validateLockOptions,
   validateName,
 } from "./options.ts";
 import type { LockOptions } from "./options.ts";
-import { ACQUIRE, EXTEND, KEEP, RELEASE, RESET, Script } from "./scripts.ts";
-import { type Acquisition, waiterOf } from "./waiter.ts";
+import {
+  ACQUIRE,
+  EXTEND,
+  KEEP,
+  RELEASE,
+  RENEW,
+  RESET,
+  Script,
+} from "./scripts.ts";
+import { type Acquisition, type Waiter, waiterOf } from "./waiter.ts";
+import { type ServerView, viewOf } from "./_server_view.ts";
 
 const acquireScript = new Script(ACQUIRE, (keys) => keys.forAcquire);
-const releaseScript = new Script(RELEASE);
-const extendScript = new Script(EXTEND);
-const keepScript = new Script(KEEP);
-const resetScript = new Script(RESET);
+const releaseScript = new Script(RELEASE, (keys) => keys.all);
+const extendScript = new Script(EXTEND, (keys) => keys.onlyLock);
+const keepScript = new Script(KEEP, (keys) => keys.onlyLock);
+const renewScript = new Script(RENEW, (keys) => keys.onlyLock);
+const resetScript = new Script(RESET, (keys) => keys.all);
 
 /** 18 random bytes in base64, as python-redis-lock makes its ids. */
 function randomId(): string {
@@ -53,19 +66,27 @@ function attempt<T>(
 }
 
 /**
- * How a lease sets its lock's expiry, made from plain values so that it does
- * not keep the `Lock` alive.
+ * How a lease keeps its lock, made from plain values so that it does not
+ * keep the `Lock` alive.
  */
-function keeper(
+function keeping(
   connection: Connection,
   keys: LockKeys,
   id: string,
-): (ms: number | undefined) => Promise<boolean> {
-  return async (ms) =>
-    await keepScript.call(connection, keys, [
-      id,
-      ms === undefined ? "" : String(ms),
-    ]) === 0;
+  expire: number | undefined,
+  autoRenewal: boolean,
+): Keeping {
+  return {
+    expire,
+    autoRenewal,
+    keep: async (ms) =>
+      await keepScript.call(connection, keys, [
+        id,
+        ms === undefined ? "" : String(ms),
+      ]) === 0,
+    renew: async (ms) =>
+      await renewScript.call(connection, keys, [id, String(ms)]) === 0,
+  };
 }
 
 /**
@@ -110,8 +131,10 @@ export class Lock implements AsyncDisposable {
   /** Behind `lock.signal`; made when first read. */
   #controller: AbortController | undefined;
   #released: LockError | undefined;
-  #keep: ((ms: number | undefined) => Promise<boolean>) | undefined;
+  #keeping: Keeping | undefined;
   #lease: Lease | undefined;
+  /** Set while an `acquire()` of this instance is on its way. */
+  #acquiring = false;
 
   /**
    * Creates a lock. Nothing is sent to Redis.
@@ -190,32 +213,59 @@ export class Lock implements AsyncDisposable {
    * ```
    */
   async acquire(options?: AcquireOptions): Promise<boolean> {
-    const { blocking, timeout, signal } = validateAcquireOptions(options);
+    const valid = validateAcquireOptions(options);
+    const { blocking, signal } = valid;
+    let { timeout } = valid;
     signal?.throwIfAborted();
+    if (this.#acquiring) {
+      throw new AlreadyAcquiredError(
+        `Lock '${this.name}' is already being acquired by this instance`,
+      );
+    }
     if (this.#lease !== undefined && !this.#lease.ended) {
       throw new AlreadyAcquiredError(
         `Lock '${this.name}' is already acquired by this instance`,
       );
     }
-    if (!blocking || timeout === 0) {
-      const sentAt = performance.now();
-      const reply = await this.#try();
-      if (typeof reply !== "number") {
-        if (reply[0] === 2) throw this.#alreadyHeld();
-        return false;
+    this.#acquiring = true;
+    try {
+      if (!blocking || timeout === 0) {
+        return await this.#tryOnce(signal) ?? false;
       }
-      return this.#take(
-        { token: reply, since: sentAt, initial: this.#expire },
-        signal,
-      );
+      // Taken now, so that a shutdown() from here on rejects this acquire.
+      const waiter = waiterOf(this.#connection);
+      // A free lock is taken on the application's connection, in one round
+      // trip and with no waiting machinery; waiters of this process come
+      // first, though.
+      if (!waiter.waitsFor(this.name)) {
+        const deadline = performance.now() + timeout;
+        if (await this.#tryOnce(signal)) return true;
+        if (!this.#connection.canDuplicate) {
+          throw new TypeError(
+            "Cannot wait for a lock as the client has no duplicate(): pair it with a connect function by withConnect(client, connect)",
+          );
+        }
+        timeout = Math.max(0, deadline - performance.now());
+      }
+      return await this.#wait(waiter, timeout, signal);
+    } finally {
+      this.#acquiring = false;
     }
+  }
+
+  /** Waits for the lock through the client's waiter. */
+  async #wait(
+    waiter: Waiter,
+    timeout: number,
+    signal?: AbortSignal,
+  ): Promise<boolean> {
     const deadline = timeout === Infinity
       ? Infinity
       : performance.now() + timeout;
     for (;;) {
       let acquisition: Acquisition | undefined;
       try {
-        acquisition = await waiterOf(this.#connection).acquire({
+        acquisition = await waiter.acquire({
           name: this.name,
           keys: this.#keys,
           id: this.id,
@@ -247,21 +297,55 @@ export class Lock implements AsyncDisposable {
     }
   }
 
+  /**
+   * One attempt on the application's connection, never queued: `true`
+   * acquired, `false` busy (or within the grace after Redis lost the lock
+   * data), `undefined` when the reply came too late to count.
+   */
+  async #tryOnce(signal?: AbortSignal): Promise<boolean | undefined> {
+    const view = viewOf(this.#connection);
+    if (performance.now() < view.graceUntil(this.#expire)) return false;
+    const sentAt = performance.now();
+    const reply = await this.#try(view);
+    let token: number;
+    if (typeof reply === "number") {
+      token = reply;
+    } else {
+      const [status, value, epoch] = reply as [number, number, string];
+      if (status === 2) throw this.#alreadyHeld();
+      if (status === 3) {
+        view.restarted(String(value), Number(epoch));
+        return false;
+      }
+      if (epoch !== undefined) view.learn(String(epoch));
+      if (status === 0) return false;
+      token = value;
+    }
+    const expire = this.#expire;
+    if (expire !== undefined && performance.now() - sentAt >= expire) {
+      // The reply came after the lock may have expired: not a holding.
+      await this.#releaseQuietly();
+      return undefined;
+    }
+    return this.#take({ token, since: sentAt, initial: expire }, signal);
+  }
+
   #alreadyHeld(): AlreadyAcquiredError {
     return new AlreadyAcquiredError(
       `Lock '${this.name}' is already held with id '${this.id}'`,
     );
   }
 
-  /** One attempt, never queued: the token, `[2]` held by this id, `[0, pttl]` busy. */
-  async #try(): Promise<number | number[]> {
+  /** One attempt, never queued: see ACQUIRE for the replies. */
+  async #try(view: ServerView): Promise<number | (number | string)[]> {
     const expire = this.#expire === undefined ? "" : String(this.#expire);
     try {
       return await acquireScript.call(this.#connection, this.#keys, [
         this.id,
         expire,
         "",
-      ]) as number | number[];
+        view.known,
+      ]) as number | (number | string)[];
     } catch (error) {
       // The reply may be lost after the script ran: leave nothing behind.
       await this.#releaseQuietly();
@@ -271,8 +355,14 @@ export class Lock implements AsyncDisposable {
     }
   }
 
-  #keeper(): (ms: number | undefined) => Promise<boolean> {
-    return this.#keep ??= keeper(this.#connection, this.#keys, this.id);
+  #keeper(): Keeping {
+    return this.#keeping ??= keeping(
+      this.#connection,
+      this.#keys,
+      this.id,
+      this.#expire,
+      this.#autoRenewal,
+    );
   }
 
   /**
@@ -283,7 +373,7 @@ export class Lock implements AsyncDisposable {
    */
   async #confirm(acquisition: Acquisition): Promise<Acquisition | undefined> {
     const sentAt = performance.now();
-    const keep = this.#keeper();
+    const { keep } = this.#keeper();
     if (await attempt("acquire", this.name, () => keep(this.#expire))) {
       return { ...acquisition, since: sentAt, initial: this.#expire };
     }
@@ -304,12 +394,9 @@ export class Lock implements AsyncDisposable {
       this,
       acquisition.since,
       acquisition.initial,
-      {
-        expire: this.#expire,
-        autoRenewal: this.#autoRenewal,
-        keep: this.#keeper(),
-      },
+      this.#keeper(),
       this.#controller,
+      viewOf(this.#connection),
     );
     return true;
   }
@@ -397,20 +484,28 @@ export class Lock implements AsyncDisposable {
         ),
       );
     }
-    const sentAt = performance.now();
-    const reply = await attempt(
-      "extend",
-      this.name,
-      () =>
-        extendScript.call(this.#connection, this.#keys, [
-          this.id,
-          String(ms),
-        ]),
-    );
-    if (reply === 1) {
-      this.#lease?.lose(
-        `Lock '${this.name}' was found gone or held by another id when extending`,
+    const lease = this.#lease?.ended === false ? this.#lease : undefined;
+    const setting = lease?.setting(ms, true);
+    let reply;
+    try {
+      reply = await attempt(
+        "extend",
+        this.name,
+        () =>
+          extendScript.call(this.#connection, this.#keys, [
+            this.id,
+            String(ms),
+          ]),
       );
+    } catch (error) {
+      // The extension may have run: the lock may now die sooner.
+      if (setting !== undefined) lease!.settled(setting, undefined);
+      throw error;
+    }
+    if (setting !== undefined) {
+      lease!.settled(setting, reply === 1 ? false : reply === 0 ? true : null);
+    }
+    if (reply === 1) {
       throw new NotAcquiredError(
         `Lock '${this.name}' is not acquired with id '${this.id}' or it already expired`,
       );
@@ -420,7 +515,6 @@ export class Lock implements AsyncDisposable {
         `Lock '${this.name}' has no expiry to extend`,
       );
     }
-    this.#lease?.extended(sentAt, ms);
   }
 
   /**
@@ -489,8 +583,15 @@ export class Lock implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     const lease = this.#lease;
     if (lease === undefined) return;
-    if (lease.lost) throw lease.reason;
-    if (!lease.ended) await this.release();
+    if (!lease.ended) {
+      await this.release();
+      return;
+    }
+    if (!lease.lost) return;
+    // Lost as far as this process can tell (its expiry passed without a
+    // renewal it could confirm): Redis may still hold it with this id.
+    await this.#releaseQuietly();
+    throw lease.reason;
   }
 }
 
@@ -522,7 +623,11 @@ export async function acquire(
   name: string,
   options?: AcquireLockOptions,
 ): Promise<Lock> {
-  const { blocking, timeout, signal, ...lockOptions } = options ?? {};
+  const { blocking, timeout, signal, ...lockOptions } = optionsObject(
+    "acquire",
+    options,
+    [...LOCK_OPTIONS, ...ACQUIRE_OPTIONS],
+  ) as AcquireLockOptions;
   const lock = new Lock(client, name, lockOptions);
   if (await lock.acquire({ blocking, timeout, signal })) return lock;
   if (blocking === false) {

@@ -138,15 +138,50 @@ export function positiveInteger(
   return value;
 }
 
-function optionsObject(action: string, options: unknown): object {
+/**
+ * Checks that `options` is absent or an object whose every key is one of
+ * `known`: a misspelt option (`expires`, `timeOut`) would otherwise be
+ * silently ignored, and a lock meant to expire would never expire.
+ */
+export function optionsObject(
+  action: string,
+  options: unknown,
+  known: readonly string[],
+): Record<string, unknown> {
   if (options === undefined) return {};
-  if (options === null || typeof options !== "object") {
+  if (
+    options === null || typeof options !== "object" || Array.isArray(options)
+  ) {
     throw new TypeError(
       invalid(action, "options", "must be an object", options),
     );
   }
-  return options;
+  for (const key of Object.keys(options)) {
+    if (!known.includes(key)) {
+      throw new TypeError(
+        invalid(
+          action,
+          key,
+          `is not an option (known: ${known.join(", ")})`,
+          (options as Record<string, unknown>)[key],
+        ),
+      );
+    }
+  }
+  return options as Record<string, unknown>;
 }
+
+/** The names of {@linkcode LockOptions}. */
+export const LOCK_OPTIONS = [
+  "expire",
+  "id",
+  "autoRenewal",
+  "signalExpire",
+  "fair",
+] as const;
+
+/** The names of {@linkcode AcquireOptions}. */
+export const ACQUIRE_OPTIONS = ["blocking", "timeout", "signal"] as const;
 
 /** Checks the lock name: the part of the key after `lock:`. */
 export function validateName(name: unknown): string {
@@ -164,10 +199,13 @@ export function validateName(name: unknown): string {
 }
 
 /** Checks {@linkcode LockOptions} and fills in the defaults. */
-export function validateLockOptions(options: unknown): ValidLockOptions {
+export function validateLockOptions(
+  options: unknown,
+  known: readonly string[] = LOCK_OPTIONS,
+): ValidLockOptions {
   const action = "create lock";
   const { expire, id, autoRenewal = false, signalExpire = 1000, fair = true } =
-    optionsObject(action, options) as LockOptions;
+    optionsObject(action, options, known) as LockOptions;
   if (expire !== undefined) positiveInteger(action, "expire", expire);
   if (id !== undefined) {
     if (typeof id !== "string") {
@@ -195,9 +233,12 @@ export function validateLockOptions(options: unknown): ValidLockOptions {
 }
 
 /** Checks {@linkcode AcquireOptions} and fills in the defaults. */
-export function validateAcquireOptions(options: unknown): ValidAcquireOptions {
+export function validateAcquireOptions(
+  options: unknown,
+  known: readonly string[] = ACQUIRE_OPTIONS,
+): ValidAcquireOptions {
   const action = "acquire";
-  const given = optionsObject(action, options) as AcquireOptions;
+  const given = optionsObject(action, options, known) as AcquireOptions;
   const { blocking = true, timeout, signal } = given;
   if (typeof blocking !== "boolean") {
     throw new TypeError(
@@ -220,9 +261,17 @@ export function validateAcquireOptions(options: unknown): ValidAcquireOptions {
         invalid(action, "timeout", "must be a number", timeout),
       );
     }
-    if (Number.isNaN(timeout) || timeout < 0) {
+    if (
+      Number.isNaN(timeout) || timeout < 0 ||
+      (timeout !== Infinity && timeout > Number.MAX_SAFE_INTEGER)
+    ) {
       throw new RangeError(
-        invalid(action, "timeout", "must be a non-negative number", timeout),
+        invalid(
+          action,
+          "timeout",
+          "must be a non-negative number of milliseconds, at most 2^53 - 1, or Infinity",
+          timeout,
+        ),
       );
     }
   }

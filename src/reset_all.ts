@@ -7,10 +7,10 @@
 import { type RedisClient, toConnection } from "./clients.ts";
 import { LockError } from "./errors.ts";
 import { LOCK_PREFIX, lockKeys } from "./keys.ts";
-import { positiveInteger } from "./options.ts";
+import { optionsObject, positiveInteger } from "./options.ts";
 import { RESET, Script } from "./scripts.ts";
 
-const resetScript = new Script(RESET);
+const resetScript = new Script(RESET, (keys) => keys.all);
 
 /** Options of {@linkcode resetAll}. */
 export interface ResetAllOptions {
@@ -44,10 +44,11 @@ export async function resetAll(
   client: RedisClient,
   options?: ResetAllOptions,
 ): Promise<number> {
+  const given = optionsObject("reset all", options, ["signalExpire"]);
   const signalExpire = positiveInteger(
     "reset all",
     "signalExpire",
-    options?.signalExpire ?? 1000,
+    given.signalExpire ?? 1000,
   );
   const connection = toConnection(client);
   let cursor = "0";

@@ -4,19 +4,24 @@
  * (its UNLOCK, EXTEND and RESET scripts, in milliseconds), so that Python
  * and TypeScript holders share a lock.
  *
- * Waiters of this library queue in `lock-queue:<name>`; a release hands the
- * lock straight to the first of them: it sets the lock to that waiter's id,
- * draws its fencing token and pushes `<ticket>:<token>` to the waiting
- * process's wake list. The hand-over sets an expiry of at most
+ * Waiters of this library queue in `lock-queue:<name>`; when the lock is let
+ * go (release, reset, a waiter that gives up after being handed the lock,
+ * or a waiter finding it free), it goes straight to the first queued waiter
+ * whose process is alive (`lock-alive:<process>` exists): the script sets
+ * the lock to that waiter's id, draws its fencing token and pushes
+ * `<ticket>:<token>` to the wake list of its process. Entries of dead
+ * processes are dropped on the way. The hand-over sets an expiry of at most
  * `HAND_OVER_EXPIRE`, which the new holder lengthens to its own once it is
- * running, so that a process that died while queued holds the lock briefly.
+ * running, so that a process that dies just before it is handed the lock
+ * holds it briefly. When nobody alive is queued, the lock is deleted and
+ * python-redis-lock's wake-up is left in the signal list: every way of
+ * letting go, and every look that finds the lock free with nobody to give it
+ * to, leaves one.
  *
- * Every script but ACQUIRE takes the keys lock, signal, queue, fence. The
- * scripts that may hand over (RELEASE, RESET, INSPECT, CANCEL) take the
- * signal expiry (ms) as their first argument.
+ * A queue entry is `<process>|<ticket>|<expire ms or empty>|<id>`.
  *
- * A queue entry is `<process>|<ticket>|<expire ms or empty>|<id>`; the wake
- * list of its process is `lock-wake:<process>`.
+ * Every script is safe to run again after a lost reply: queueing an entry
+ * twice leaves one, cancelling removes every copy.
  *
  * Shared steps are spliced into each script as statements, not defined as
  * Lua functions: defining a function costs the server time at every run.
@@ -24,27 +29,67 @@
  * @module
  */
 
-import type { Connection, Reply } from "./clients.ts";
-import { HAND_OVER_EXPIRE, type LockKeys, WAKE_PREFIX } from "./keys.ts";
+import type { Reply } from "./clients.ts";
+import {
+  ALIVE_PREFIX,
+  ALIVE_TTL,
+  HAND_OVER_EXPIRE,
+  type LockKeys,
+  QUEUE_TTL,
+  WAKE_PREFIX,
+} from "./keys.ts";
 
 /**
- * Statements that set the lock for the queue entry in `entry` and draw its
- * token: they leave `token`, `process` and `ticket` in locals.
+ * Lets scripts read the clock before writing (Redis 3.2 to 4; later
+ * versions replicate effects anyway).
+ */
+const EFFECTS =
+  `if redis.replicate_commands then redis.replicate_commands() end`;
+
+/**
+ * Statements that draw a fencing token from the counter at `KEYS[fence]`:
+ * the server's clock in µs, or one more than the last token if that is
+ * higher. They leave `token`, `epoch` (the counter's epoch, made now if the
+ * counter was missing) and `now` (µs) in locals.
+ */
+function draw(fence: number): string {
+  return `
+local now = redis.call('time')
+now = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local fence = redis.call('get', KEYS[${fence}])
+local epoch, last
+if fence then epoch, last = string.match(fence, '^(%d+):(%d+)$') end
+if epoch then last = tonumber(last) else epoch, last = string.format('%d', now), 0 end
+local token = now
+if token <= last then token = last + 1 end
+redis.call('set', KEYS[${fence}], epoch .. ':' .. string.format('%d', token))
+`;
+}
+
+/**
+ * Statements that set the lock for the queue entry parsed into `process`,
+ * `px` and `id`, and draw its token (KEYS: lock, signal, queue, fence).
  */
 const SET_FOR_ENTRY = `
-local process, ticket, px, id = string.match(entry, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
 local ttl = ${HAND_OVER_EXPIRE}
 if px ~= '' and tonumber(px) < ttl then ttl = tonumber(px) end
 redis.call('set', KEYS[1], id, 'PX', ttl)
-local token = redis.call('incr', KEYS[4])
+${draw(4)}
 `;
 
 /**
- * Statements that hand the lock to the first queued entry, if any: they
- * leave `entry` false when none is queued.
+ * Statements that hand the lock to the first queued entry of a live
+ * process, dropping the entries of dead ones: they leave `entry` false when
+ * there is none.
  */
 const HAND_OVER = `
-local entry = redis.call('lpop', KEYS[3])
+local entry, process, ticket, px, id
+while true do
+  entry = redis.call('lpop', KEYS[3])
+  if not entry then break end
+  process, ticket, px, id = string.match(entry, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  if process and redis.call('exists', '${ALIVE_PREFIX}' .. process) == 1 then break end
+end
 if entry then
   ${SET_FOR_ENTRY}
   local wake = '${WAKE_PREFIX}' .. process
@@ -53,7 +98,7 @@ if entry then
 end
 `;
 
-/** Statements that push one wake-up to the signal list (python's way). */
+/** Statements that leave one wake-up in the signal list (python's way). */
 const SIGNAL = `
 redis.call('del', KEYS[2])
 redis.call('lpush', KEYS[2], 1)
@@ -61,8 +106,9 @@ redis.call('pexpire', KEYS[2], ARGV[1])
 `;
 
 /**
- * Statements that let the lock go: to the first queued waiter, or else
- * deleted with a wake-up in the signal list (python-redis-lock's UNLOCK).
+ * Statements that let the lock go: to the first queued waiter alive, or
+ * else deleted with a wake-up in the signal list (python-redis-lock's
+ * UNLOCK).
  */
 const LET_GO = `
 ${HAND_OVER}
@@ -73,16 +119,24 @@ end
 `;
 
 /**
- * KEYS: lock, queue, fence (not the signal list: this script never touches
- * it, and every argument costs the client time).
- * ARGV: id, expire ms ("" for none), `<process>|<ticket>` ("" not to queue).
+ * KEYS: lock, queue, fence. ARGV: id, expire ms ("" for none),
+ * `<process>|<ticket>` ("" not to queue), the epoch the caller knows (""
+ * if none).
+ *
  * Sets the lock when it is free and draws a fencing token; when another id
  * holds it and a process is given, queues the entry
- * `<process>|<ticket>|<expire>|<id>`. Returns the token (an integer, the
- * common case made cheap) when acquired, `{2}` when this id already holds
- * it, `{0, pttl}` when another id holds it (pttl -1: it never expires).
+ * `<process>|<ticket>|<expire>|<id>` (once, however often this runs) and
+ * marks the process alive. Returns:
+ * - the token (an integer, the common case made cheap) when acquired;
+ * - `{1, token, epoch}` when acquired by a caller that knew no epoch;
+ * - `{2}` when this id already holds the lock;
+ * - `{0, pttl}` when another id holds it (pttl -1: it never expires), and
+ *   `{0, pttl, epoch}` for a caller that knew no epoch ("" if none yet);
+ * - `{3, epoch, age ms}` when the counter's epoch is not the one the caller
+ *   knows: the lock data was lost since; nothing is changed.
  */
 export const ACQUIRE = `
+${EFFECTS}
 local owner
 if redis.REDIS_VERSION_NUM then
   -- Redis 7 sets or reads the holder in one command.
@@ -101,24 +155,44 @@ else
   owner = not set and redis.call('get', KEYS[1])
 end
 if not owner then
-  return redis.call('incr', KEYS[3])
+  ${draw(3)}
+  if ARGV[4] == '' then
+    return {1, token, epoch}
+  end
+  if ARGV[4] ~= epoch then
+    redis.call('del', KEYS[1])
+    return {3, epoch, math.floor((now - tonumber(epoch)) / 1000)}
+  end
+  return token
 end
 if owner == ARGV[1] then
   return {2}
 end
 if ARGV[3] ~= '' then
-  redis.call('rpush', KEYS[2], ARGV[3] .. '|' .. ARGV[2] .. '|' .. ARGV[1])
+  local entry = ARGV[3] .. '|' .. ARGV[2] .. '|' .. ARGV[1]
+  if not redis.call('lpos', KEYS[2], entry) then
+    redis.call('rpush', KEYS[2], entry)
+  end
+  redis.call('pexpire', KEYS[2], ${QUEUE_TTL})
+  redis.call('set', '${ALIVE_PREFIX}' .. string.match(ARGV[3], '^[^|]*'), 1, 'PX', ${ALIVE_TTL})
 end
-return {0, redis.call('pttl', KEYS[1])}
+local pttl = redis.call('pttl', KEYS[1])
+if ARGV[4] == '' then
+  local fence = redis.call('get', KEYS[3])
+  return {0, pttl, fence and string.match(fence, '^(%d+):') or ''}
+end
+return {0, pttl}
 `;
 
 /**
- * ARGV: signal expiry, id.
- * If this id holds the lock, hands it to the first queued waiter, or else
- * deletes it and leaves one wake-up in the signal list (python-redis-lock's
- * UNLOCK). Returns 0 when released, 1 when this id does not hold the lock.
+ * KEYS: lock, signal, queue, fence. ARGV: signal expiry, id.
+ * If this id holds the lock, lets it go: to the first queued waiter alive,
+ * or else deletes it and leaves one wake-up in the signal list
+ * (python-redis-lock's UNLOCK). Returns 0 when released, 1 when this id does
+ * not hold the lock.
  */
 export const RELEASE = `
+${EFFECTS}
 if redis.call('get', KEYS[1]) ~= ARGV[2] then
   return 1
 end
@@ -127,9 +201,10 @@ return 0
 `;
 
 /**
- * ARGV: id, expire ms.
- * Returns 0 when extended, 1 when this id does not hold the lock, 2 when the
- * lock has no expiry to extend (python-redis-lock's EXTEND).
+ * KEYS: lock. ARGV: id, expire ms.
+ * Sets the remaining life to exactly `expire`. Returns 0 when extended, 1
+ * when this id does not hold the lock, 2 when the lock has no expiry to
+ * extend (python-redis-lock's EXTEND).
  */
 export const EXTEND = `
 if redis.call('get', KEYS[1]) ~= ARGV[1] then
@@ -143,10 +218,10 @@ return 0
 `;
 
 /**
- * ARGV: id, expire ms ("" for none).
- * Sets the expiry of a lock this id holds: how a holder that was handed the
- * lock takes its own expiry, and how auto-renewal renews. Returns 0 when
- * set, 1 when this id does not hold the lock.
+ * KEYS: lock. ARGV: id, expire ms ("" for none).
+ * Sets the expiry of a lock this id holds to exactly `expire`: how a holder
+ * that was handed the lock (with a short expiry) takes its own. Returns 0
+ * when set, 1 when this id does not hold the lock.
  */
 export const KEEP = `
 if redis.call('get', KEYS[1]) ~= ARGV[1] then
@@ -161,28 +236,70 @@ return 0
 `;
 
 /**
- * ARGV: signal expiry.
- * Deletes the lock whoever holds it, and hands it to the first queued
- * waiter or leaves one wake-up in the signal list (python-redis-lock's
- * RESET). Returns 1 when there was a lock, 0 when there was none.
+ * KEYS: lock. ARGV: id, expire ms.
+ * Auto-renewal: lengthens the remaining life of a lock this id holds to
+ * `expire`, never shortening a longer one (set by an explicit extend).
+ * Returns 0 when held, 1 when this id does not hold the lock.
+ */
+export const RENEW = `
+if redis.call('get', KEYS[1]) ~= ARGV[1] then
+  return 1
+end
+local pttl = redis.call('pttl', KEYS[1])
+if pttl >= 0 and pttl < tonumber(ARGV[2]) then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+`;
+
+/**
+ * KEYS: lock, fence. ARGV: id, expire ms ("" for none).
+ * A waiter that finds the lock handed to it without having heard of the
+ * hand-over (the wake-up was lost with a connection) takes it: sets its own
+ * expiry and draws a fresh token. Returns `{0, token}`, or `{1}` when this
+ * id does not hold the lock.
+ */
+export const CLAIM = `
+${EFFECTS}
+if redis.call('get', KEYS[1]) ~= ARGV[1] then
+  return {1}
+end
+if ARGV[2] == '' then
+  redis.call('persist', KEYS[1])
+else
+  redis.call('pexpire', KEYS[1], ARGV[2])
+end
+${draw(2)}
+return {0, token}
+`;
+
+/**
+ * KEYS: lock, signal, queue, fence. ARGV: signal expiry.
+ * Deletes the lock whoever holds it, and lets it go as a release does
+ * (python-redis-lock's RESET). Returns 1 when there was a lock, 0 when there
+ * was none.
  */
 export const RESET = `
+${EFFECTS}
 local existed = redis.call('exists', KEYS[1])
 ${LET_GO}
 return existed
 `;
 
 /**
- * ARGV: signal expiry, entry of the caller's waiter ("" if none), "1" to
- * pass a taken wake-up on.
- * Looks at the lock for a waiting process: when it is free, hands it to the
- * first queued waiter; with none queued and "1", puts back the wake-up the
- * caller took from the signal list. Returns `{state, pttl, queued, owner}`:
- * state 0 held (pttl of the holder, -1 if none), 1 handed over, 2 free with
- * nobody queued; queued 1 when the caller's entry is still in the queue;
- * owner the holder's id or false.
+ * KEYS: lock, signal, queue, fence. ARGV: signal expiry, process of the
+ * caller ("" if none), up to two entries the caller may have queued ("" if
+ * none).
+ * Looks at the lock for a waiting process: when it is free, lets it go (to
+ * the first queued waiter alive, or leaves python's wake-up). When one of
+ * the caller's entries is queued, keeps the queue and the caller alive in
+ * Redis. Returns `{state, pttl, queued, owner}`: state 0 held (pttl of the
+ * holder, -1 if none), 1 handed over, 2 free with nobody alive queued;
+ * queued 1 or 2 when that entry is in the queue, else 0; owner the holder's
+ * id or false.
  */
 export const INSPECT = `
+${EFFECTS}
 local state, pttl = 0, -2
 if redis.call('exists', KEYS[1]) == 1 then
   pttl = redis.call('pttl', KEYS[1])
@@ -192,47 +309,66 @@ else
     state = 1
   else
     state = 2
-    if ARGV[3] == '1' then
-      ${SIGNAL}
-    end
+    ${SIGNAL}
   end
 end
 local queued = 0
-if ARGV[2] ~= '' and redis.call('lpos', KEYS[3], ARGV[2]) then queued = 1 end
+if ARGV[3] ~= '' and redis.call('lpos', KEYS[3], ARGV[3]) then
+  queued = 1
+elseif ARGV[4] ~= '' and redis.call('lpos', KEYS[3], ARGV[4]) then
+  queued = 2
+end
+if queued > 0 then
+  redis.call('pexpire', KEYS[3], ${QUEUE_TTL})
+  redis.call('set', '${ALIVE_PREFIX}' .. ARGV[2], 1, 'PX', ${ALIVE_TTL})
+end
 return {state, pttl, queued, redis.call('get', KEYS[1])}
 `;
 
 /**
- * ARGV: signal expiry, entry of the waiter giving up, entry of the next
- * waiter of the same process ("" if none), id of the waiter giving up.
- * Takes a waiter out of the queue, leaving its place to the next waiter of
- * its process. If the lock was already handed to it, passes the lock on: to
- * that next waiter, or to the first queued, or releases it.
- * Returns `{0}` when taken out of the queue, `{1}` when the lock was passed
- * on, `{2}` when neither (the entry was dropped), `{3, token}` when the lock
- * was handed to the next waiter of the process.
+ * KEYS: lock, signal, queue, fence. ARGV: signal expiry, entry of the
+ * waiter giving up ("" if not queued), entry of the next waiter of the same
+ * process ("" if none), id of the waiter giving up.
+ * Takes a waiter out of the queue (every copy of its entry), leaving its
+ * place to the next waiter of its process. If the lock was already handed
+ * to it, passes the lock on: to that next waiter, or lets it go.
+ * Returns `{0}` when taken out of the queue, `{1}` when the lock was let
+ * go, `{2}` when neither (nothing of the waiter was left), `{3, token}` when
+ * the lock was handed to the next waiter.
  */
 export const CANCEL = `
-local position = redis.call('lpos', KEYS[3], ARGV[2])
-if position then
-  if ARGV[3] ~= '' then
-    redis.call('lset', KEYS[3], position, ARGV[3])
-  else
-    redis.call('lrem', KEYS[3], 1, ARGV[2])
+${EFFECTS}
+if ARGV[2] ~= '' then
+  if ARGV[3] ~= '' and redis.call('lpos', KEYS[3], ARGV[3]) then
+    -- Already done by a run whose reply was lost.
+    redis.call('lrem', KEYS[3], 0, ARGV[2])
+    return {0}
   end
-  return {0}
+  local position = redis.call('lpos', KEYS[3], ARGV[2])
+  if position then
+    if ARGV[3] ~= '' then
+      redis.call('lset', KEYS[3], position, ARGV[3])
+    end
+    redis.call('lrem', KEYS[3], 0, ARGV[2])
+    return {0}
+  end
 end
 if redis.call('get', KEYS[1]) ~= ARGV[4] then
   return {2}
 end
 if ARGV[3] ~= '' then
-  local entry = ARGV[3]
+  local process, ticket, px, id = string.match(ARGV[3], '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
   ${SET_FOR_ENTRY}
   return {3, token}
 end
 ${LET_GO}
 return {1}
 `;
+
+/** Anything that sends a command: a client's connection, or one of ours. */
+export interface Sender {
+  send(command: string, args: readonly string[]): Promise<Reply>;
+}
 
 async function sha1(source: string): Promise<string> {
   const digest = await crypto.subtle.digest(
@@ -265,7 +401,7 @@ export class Script {
    */
   constructor(
     source: string,
-    keysOf: (keys: LockKeys) => readonly string[] = (keys) => keys.all,
+    keysOf: (keys: LockKeys) => readonly string[],
   ) {
     this.source = source;
     this.#keysOf = keysOf;
@@ -280,7 +416,7 @@ export class Script {
 
   /** Runs the script on a lock's keys with the script's own arguments. */
   call(
-    connection: Connection,
+    connection: Sender,
     keys: LockKeys,
     args: readonly string[],
   ): Promise<Reply> {
@@ -292,17 +428,20 @@ export class Script {
    * `args`.
    */
   handOver(
-    connection: Connection,
+    connection: Sender,
     keys: LockKeys,
     signalExpire: number,
     args: readonly string[],
   ): Promise<Reply> {
-    return this.run(connection, keys.all, [String(signalExpire), ...args]);
+    return this.run(connection, this.#keysOf(keys), [
+      String(signalExpire),
+      ...args,
+    ]);
   }
 
   /** Runs the script with its keys and arguments. */
   run(
-    connection: Connection,
+    connection: Sender,
     keys: readonly string[],
     args: readonly string[],
   ): Promise<Reply> {

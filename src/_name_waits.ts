@@ -1,0 +1,609 @@
+/**
+ * The waits of one lock name in one process, and the one loop (the driver)
+ * that sends every Redis command about them.
+ *
+ * State: a local first-come first-served list of waits, and the process's
+ * presence in Redis for the name, at most one of:
+ *
+ * | presence  | in Redis                                            |
+ * | --------- | --------------------------------------------------- |
+ * | `none`    | nothing of this process                             |
+ * | `queued`  | one entry, for `wait`, under `ticket`               |
+ * | `armed`   | nothing: a racer (`fair: false`) listens for wake-ups |
+ * | `handed`  | the lock, held by `wait.id`, with a known token     |
+ * | `owned`   | the lock, held by `wait.id`, token not known        |
+ * | `unsure`  | any of `candidates`' entries or holdings, or none   |
+ *
+ * Invariants, kept by construction:
+ * - Only the driver sends commands for the name, one at a time, and only
+ *   the driver changes the presence: before a command it records what the
+ *   command may leave (`unsure`), after the reply what it did leave.
+ * - A lost reply (connection failure) leaves `unsure`; the next command is
+ *   INSPECT, which reads what is really in Redis.
+ * - A wait that no longer wants the lock (timeout, abort, shutdown) is
+ *   taken out of Redis before anything else: its entry cancelled (its place
+ *   handed to the next local wait), a lock handed to it passed on. It
+ *   settles once that is done, or after `SETTLE_GRACE`.
+ * - The driver ends only with the presence `none` and every wait settled:
+ *   nothing of a settled wait stays in Redis (unless Redis stayed
+ *   unreachable through a shutdown).
+ *
+ * @module
+ */
+
+import { classify } from "./_failure.ts";
+import type { Acquisition, Wait } from "./_wait.ts";
+import type { ServerView } from "./_server_view.ts";
+import { AlreadyAcquiredError, LockError } from "./errors.ts";
+import { HAND_OVER_EXPIRE, type LockKeys } from "./keys.ts";
+import { MAX_TIMER_DELAY } from "./options.ts";
+import {
+  ACQUIRE,
+  CANCEL,
+  CLAIM,
+  INSPECT,
+  Script,
+  type Sender,
+} from "./scripts.ts";
+
+const acquireScript = new Script(ACQUIRE, (keys) => keys.forAcquire);
+const inspectScript = new Script(INSPECT, (keys) => keys.all);
+const cancelScript = new Script(CANCEL, (keys) => keys.all);
+const claimScript = new Script(CLAIM, (keys) => keys.forClaim);
+
+/** What the driver of a name needs from the process's waiter. */
+export interface WaiterContext {
+  /** The waiter's own connection for commands. */
+  readonly control: Sender;
+  /** The process's random id, in its queue entries. */
+  readonly process: string;
+  /** What the process knows of the server's lock data. */
+  readonly view: ServerView;
+  /** Sent time of the latest `BLPOP` that found the wake list empty. */
+  readonly emptyAt: number;
+  /**
+   * Whether the waiter has stopped cleaning up (a shutdown that Redis did
+   * not answer in time): the driver ends at once.
+   */
+  readonly abandoned: boolean;
+  /** A new ticket, unique in the process. */
+  ticket(): string;
+  /** Routes hand-overs for `ticket` to `waits`. */
+  register(ticket: string, waits: NameWaits): void;
+  /** Stops routing hand-overs for `ticket`. */
+  retire(ticket: string): void;
+  /** The `BLPOP` should cover what the waits now want. */
+  pump(): void;
+  /** The name has nothing left, in the process or in Redis. */
+  forget(waits: NameWaits): void;
+}
+
+/** A local wait and the queue entry it would have. */
+interface Candidate {
+  readonly wait: Wait;
+  readonly entry?: string;
+}
+
+type Presence =
+  | { readonly kind: "none" }
+  | {
+    readonly kind: "queued";
+    readonly ticket: string;
+    readonly entry: string;
+    readonly wait: Wait;
+    /** Before this (`performance.now()`) no hand-over to the entry happened. */
+    readonly since: number;
+  }
+  | { readonly kind: "armed"; readonly wait: Wait }
+  | {
+    readonly kind: "handed";
+    readonly wait: Wait;
+    readonly acquisition: Acquisition;
+  }
+  | { readonly kind: "owned"; readonly wait: Wait }
+  | {
+    readonly kind: "unsure";
+    readonly ticket?: string;
+    readonly candidates: readonly Candidate[];
+  };
+
+const NONE: Presence = { kind: "none" };
+
+/** Backoff of the driver after a failed command, in ms. */
+const RETRY_MIN = 50;
+const RETRY_MAX = 1_000;
+
+type Timer = ReturnType<typeof setTimeout>;
+
+const now = () => performance.now();
+
+function alreadyHeld(wait: Wait): AlreadyAcquiredError {
+  const { name, id } = wait.request;
+  return new AlreadyAcquiredError(
+    `Lock '${name}' is already held with id '${id}'`,
+  );
+}
+
+/** The waits of one lock name in this process. */
+export class NameWaits {
+  readonly name: string;
+  readonly keys: LockKeys;
+  /** Waits not yet settled, first come first. */
+  readonly waits: Wait[] = [];
+  #presence: Presence = NONE;
+  readonly #context: WaiterContext;
+  /** Hand-overs received, by ticket, not yet applied. */
+  readonly #mail = new Map<string, number>();
+  #checkDue = false;
+  /** Failures in a row; no command before `#retryAt`. */
+  #failures = 0;
+  #permanentFailures = 0;
+  #retryAt = 0;
+  #expiryTimer: Timer | undefined;
+  #wakeTimer: Timer | undefined;
+  #event: (() => void) | undefined;
+  #driving: Promise<void> | undefined;
+  /** The signal expiry of the latest wait, for the scripts that signal. */
+  signalExpire = 1000;
+
+  constructor(name: string, keys: LockKeys, context: WaiterContext) {
+    this.name = name;
+    this.keys = keys;
+    this.#context = context;
+  }
+
+  /** What the process has in Redis for the name. */
+  get presence(): Presence["kind"] {
+    return this.#presence.kind;
+  }
+
+  /** Whether the `BLPOP` should cover the name's signal list. */
+  get listens(): boolean {
+    const kind = this.#presence.kind;
+    return kind === "queued" || kind === "armed";
+  }
+
+  /** Whether the driver has ended. */
+  get ended(): boolean {
+    return this.#driving === undefined;
+  }
+
+  /** Resolves once the driver has ended. */
+  get drained(): Promise<void> {
+    return this.#driving ?? Promise.resolve();
+  }
+
+  /** Adds a wait at the end of the local queue. */
+  join(wait: Wait): void {
+    this.waits.push(wait);
+    this.signalExpire = wait.request.signalExpire;
+    this.poke();
+  }
+
+  /** Something changed: the driver looks again. */
+  poke(): void {
+    const event = this.#event;
+    this.#event = undefined;
+    event?.();
+    this.#driving ??= this.#drive().finally(() => {
+      this.#driving = undefined;
+      clearTimeout(this.#expiryTimer);
+      clearTimeout(this.#wakeTimer);
+      this.#expiryTimer = this.#wakeTimer = undefined;
+      if (this.waits.length > 0) this.poke();
+      else this.#context.forget(this);
+    });
+  }
+
+  /** Look at the lock again (a tick, a wake-up, the holder's expiry). */
+  check(): void {
+    if (!this.listens) return;
+    this.#checkDue = true;
+    this.poke();
+  }
+
+  /** A hand-over arrived for `ticket`. */
+  mail(ticket: string, token: number): void {
+    this.#mail.set(ticket, token);
+    this.poke();
+  }
+
+  /** Fails every wait that still wants the lock. */
+  failAll(error: unknown): void {
+    for (const wait of this.waits) wait.fail(error);
+    this.poke();
+  }
+
+  async #drive(): Promise<void> {
+    for (;;) {
+      const step = this.#decide();
+      if (step === "done") return;
+      if (step !== undefined) {
+        await this.#run(step);
+        continue;
+      }
+      await new Promise<void>((resolve) => this.#event = resolve);
+    }
+  }
+
+  /**
+   * Settles the waits that gave up and have nothing in Redis, and forgets
+   * the settled ones.
+   */
+  #settleLoose(): void {
+    const pinned = this.#pinned();
+    for (const wait of this.waits) {
+      if (wait.gaveUp !== undefined && !pinned.has(wait)) wait.settleGaveUp();
+    }
+    for (let i = this.waits.length - 1; i >= 0; i--) {
+      if (this.waits[i].settled) this.waits.splice(i, 1);
+    }
+  }
+
+  /** The waits the presence in Redis stands for. */
+  #pinned(): Set<Wait> {
+    const presence = this.#presence;
+    switch (presence.kind) {
+      case "none":
+        return new Set();
+      case "unsure":
+        return new Set(presence.candidates.map(({ wait }) => wait));
+      default:
+        return new Set([presence.wait]);
+    }
+  }
+
+  /** The next command, `undefined` to wait for an event, or `"done"`. */
+  #decide(): (() => Promise<void>) | "done" | undefined {
+    if (this.#context.abandoned) {
+      for (const wait of this.waits) wait.settleGaveUp();
+      this.waits.length = 0;
+      this.#presence = NONE;
+      return "done";
+    }
+    this.#applyMail();
+    this.#settleLoose();
+    const presence = this.#presence;
+    const at = now();
+    if (at < this.#retryAt) return this.#wakeAt(this.#retryAt);
+    switch (presence.kind) {
+      case "handed": {
+        const { wait, acquisition } = presence;
+        if (!wait.wants) return () => this.#passOn(wait);
+        this.#presence = NONE;
+        wait.resolve(acquisition);
+        return this.#decide();
+      }
+      case "owned": {
+        const { wait } = presence;
+        return wait.wants ? () => this.#claim(wait) : () => this.#passOn(wait);
+      }
+      case "unsure":
+        return () => this.#inspect();
+      case "queued":
+        if (!presence.wait.wants) return () => this.#cancel(presence);
+        return this.#checkDue ? () => this.#inspect() : undefined;
+      case "armed":
+        if (!presence.wait.wants) {
+          this.#presence = NONE;
+          return this.#decide();
+        }
+        return this.#checkDue ? () => this.#try(presence.wait) : undefined;
+      case "none": {
+        const head = this.waits.find((wait) => wait.wants);
+        if (head === undefined) {
+          return this.waits.length === 0 ? "done" : undefined;
+        }
+        const grace = this.#context.view.graceUntil(head.request.expire);
+        if (at < grace) return this.#wakeAt(grace);
+        return () => this.#try(head);
+      }
+    }
+  }
+
+  /** Pokes the driver at `at` (`performance.now()`); nothing to do till then. */
+  #wakeAt(at: number): undefined {
+    clearTimeout(this.#wakeTimer);
+    this.#wakeTimer = setTimeout(
+      () => {
+        this.#wakeTimer = undefined;
+        if (now() < at) this.#wakeAt(at);
+        else this.poke();
+      },
+      Math.min(Math.max(0, Math.ceil(at - now())), MAX_TIMER_DELAY),
+    );
+    return undefined;
+  }
+
+  /** A hand-over to the queued entry turns it into a holding. */
+  #applyMail(): void {
+    const presence = this.#presence;
+    if (presence.kind !== "queued") return;
+    const token = this.#mail.get(presence.ticket);
+    if (token === undefined) return;
+    this.#retire(presence.ticket);
+    const { wait } = presence;
+    this.#presence = {
+      kind: "handed",
+      wait,
+      acquisition: {
+        token,
+        since: Math.max(presence.since, this.#context.emptyAt),
+        initial: wait.handOverExpire,
+      },
+    };
+  }
+
+  #retire(ticket: string | undefined): void {
+    if (ticket === undefined) return;
+    this.#mail.delete(ticket);
+    this.#context.retire(ticket);
+  }
+
+  /** Runs one command; a failure leaves the presence `unsure`. */
+  async #run(step: () => Promise<void>): Promise<void> {
+    try {
+      await step();
+      this.#failures = 0;
+      this.#permanentFailures = 0;
+    } catch (error) {
+      this.#failures++;
+      if (classify(error) === "permanent") {
+        this.#permanentFailures++;
+        const failure = error instanceof TypeError ? error : new LockError(
+          `Cannot wait for lock '${this.name}': Redis failed`,
+          { cause: error },
+        );
+        for (const wait of this.waits) wait.fail(failure);
+        // One more look cleans up after the failure; a second failure in a
+        // row gives up: retrying would fail the same way.
+        if (this.#permanentFailures > 1) this.#presence = NONE;
+      }
+      const backoff = Math.min(
+        RETRY_MAX,
+        RETRY_MIN * 2 ** Math.min(this.#failures - 1, 10),
+      );
+      this.#retryAt = now() + backoff * (0.8 + Math.random() * 0.4);
+    }
+  }
+
+  #entry(ticket: string, wait: Wait): string {
+    const { id, expire } = wait.request;
+    return `${this.#context.process}|${ticket}|${expire ?? ""}|${id}`;
+  }
+
+  /**
+   * Tries the lock for `head`: a fair head queues in the same script when
+   * the lock is busy; a racer only tries.
+   */
+  async #try(head: Wait): Promise<void> {
+    this.#checkDue = false;
+    const { id, expire, fair } = head.request;
+    const context = this.#context;
+    const ticket = fair ? context.ticket() : undefined;
+    const entry = ticket === undefined ? undefined : this.#entry(ticket, head);
+    if (ticket !== undefined) context.register(ticket, this);
+    this.#presence = {
+      kind: "unsure",
+      ticket,
+      candidates: [{ wait: head, entry }],
+    };
+    const sentAt = now();
+    const reply = await acquireScript.call(context.control, this.keys, [
+      id,
+      expire === undefined ? "" : String(expire),
+      ticket === undefined ? "" : `${context.process}|${ticket}`,
+      context.view.known,
+    ]);
+    if (typeof reply === "number") {
+      this.#retire(ticket);
+      this.#took(head, reply, sentAt);
+      return;
+    }
+    const [status, value, epoch] = reply as [number, number, string];
+    switch (status) {
+      case 1:
+        context.view.learn(String(epoch));
+        this.#retire(ticket);
+        this.#took(head, value, sentAt);
+        return;
+      case 2:
+        this.#retire(ticket);
+        this.#presence = NONE;
+        head.fail(alreadyHeld(head));
+        return;
+      case 3:
+        // The lock data was lost since this process last saw it: holders it
+        // cannot see may think they still hold. Wait out their expiry.
+        this.#retire(ticket);
+        this.#presence = NONE;
+        context.view.restarted(String(value), Number(epoch));
+        return;
+    }
+    if (epoch !== undefined) context.view.learn(String(epoch));
+    this.#presence = ticket === undefined
+      ? { kind: "armed", wait: head }
+      : { kind: "queued", ticket, entry: entry!, wait: head, since: sentAt };
+    this.#armExpiry(value);
+    context.pump();
+  }
+
+  /** The lock was set for `wait` by its own try. */
+  #took(wait: Wait, token: number, since: number): void {
+    this.#presence = {
+      kind: "handed",
+      wait,
+      acquisition: { token, since, initial: wait.request.expire },
+    };
+  }
+
+  /**
+   * Reads what Redis holds of the presence: its entry (or the candidates'),
+   * or a lock handed to it. Lets a free lock go on the way.
+   */
+  async #inspect(): Promise<void> {
+    this.#checkDue = false;
+    const presence = this.#presence;
+    let ticket: string | undefined;
+    let candidates: readonly Candidate[];
+    if (presence.kind === "queued") {
+      ticket = presence.ticket;
+      candidates = [{ wait: presence.wait, entry: presence.entry }];
+    } else if (presence.kind === "unsure") {
+      ticket = presence.ticket;
+      candidates = presence.candidates;
+    } else {
+      return;
+    }
+    const entries = candidates.map(({ entry }) => entry ?? "");
+    const sentAt = now();
+    const [state, pttl, queued, owner] = await inspectScript.handOver(
+      this.#context.control,
+      this.keys,
+      this.signalExpire,
+      [this.#context.process, entries[0] ?? "", entries[1] ?? ""],
+    ) as [number, number, number, string | null];
+    if (queued > 0 && ticket !== undefined) {
+      const { wait, entry } = candidates[queued - 1];
+      this.#presence = {
+        kind: "queued",
+        ticket,
+        entry: entry!,
+        wait,
+        since: sentAt,
+      };
+      // Handed to another just now: if it died, its hold ends by then.
+      this.#armExpiry(state === 0 ? pttl : HAND_OVER_EXPIRE);
+      this.#context.pump();
+      return;
+    }
+    const holder = candidates.find(({ wait }) => wait.request.id === owner);
+    if (holder === undefined) {
+      // Nothing of ours is left: dropped as dead, expired, or never made.
+      this.#retire(ticket);
+      this.#presence = NONE;
+      return;
+    }
+    const token = ticket === undefined ? undefined : this.#mail.get(ticket);
+    this.#retire(ticket);
+    const { wait } = holder;
+    this.#presence = token === undefined ? { kind: "owned", wait } : {
+      kind: "handed",
+      wait,
+      acquisition: {
+        token,
+        since: Math.max(
+          presence.kind === "queued" ? presence.since : 0,
+          this.#context.emptyAt,
+        ),
+        initial: wait.handOverExpire,
+      },
+    };
+  }
+
+  /**
+   * Takes a wait that gave up out of the queue, leaving its place (the same
+   * ticket) to the next fair local wait; a lock already handed to it goes to
+   * that wait, or is let go.
+   */
+  async #cancel(
+    presence: Extract<Presence, { kind: "queued" }>,
+  ): Promise<void> {
+    const { ticket, entry, wait } = presence;
+    const next = this.waits.find((other) =>
+      other !== wait && other.wants && other.request.fair
+    );
+    const nextEntry = next === undefined ? "" : this.#entry(ticket, next);
+    this.#presence = {
+      kind: "unsure",
+      ticket,
+      candidates: next === undefined
+        ? [{ wait, entry }]
+        : [{ wait, entry }, { wait: next, entry: nextEntry }],
+    };
+    const sentAt = now();
+    const [status, token] = await cancelScript.handOver(
+      this.#context.control,
+      this.keys,
+      this.signalExpire,
+      [entry, nextEntry, wait.request.id],
+    ) as [number, number];
+    if (status === 0 && next !== undefined) {
+      this.#presence = {
+        kind: "queued",
+        ticket,
+        entry: nextEntry,
+        wait: next,
+        since: sentAt,
+      };
+      return;
+    }
+    this.#retire(ticket);
+    this.#presence = status === 3
+      ? {
+        kind: "handed",
+        wait: next!,
+        acquisition: { token, since: sentAt, initial: next!.handOverExpire },
+      }
+      : NONE;
+  }
+
+  /**
+   * A lock held for a wait that gave up goes to the next local wait, or is
+   * let go.
+   */
+  async #passOn(wait: Wait): Promise<void> {
+    const next = this.waits.find((other) => other !== wait && other.wants);
+    const nextEntry = next === undefined
+      ? ""
+      : this.#entry(this.#context.ticket(), next);
+    this.#presence = {
+      kind: "unsure",
+      candidates: next === undefined ? [{ wait }] : [{ wait }, { wait: next }],
+    };
+    const sentAt = now();
+    const [status, token] = await cancelScript.handOver(
+      this.#context.control,
+      this.keys,
+      this.signalExpire,
+      ["", nextEntry, wait.request.id],
+    ) as [number, number];
+    this.#presence = status === 3
+      ? {
+        kind: "handed",
+        wait: next!,
+        acquisition: { token, since: sentAt, initial: next!.handOverExpire },
+      }
+      : NONE;
+  }
+
+  /** Takes a lock found handed to `wait` without its wake-up. */
+  async #claim(wait: Wait): Promise<void> {
+    const { id, expire } = wait.request;
+    this.#presence = { kind: "unsure", candidates: [{ wait }] };
+    const sentAt = now();
+    const [status, token] = await claimScript.call(
+      this.#context.control,
+      this.keys,
+      [id, expire === undefined ? "" : String(expire)],
+    ) as [number, number];
+    if (status === 0) this.#took(wait, token, sentAt);
+    else this.#presence = NONE;
+  }
+
+  /** Looks again when the holder's expiry passes. */
+  #armExpiry(pttl: number): void {
+    clearTimeout(this.#expiryTimer);
+    this.#expiryTimer = undefined;
+    if (pttl < 0) return;
+    const at = now() + pttl + 1;
+    const arm = () => {
+      const left = at - now();
+      this.#expiryTimer = left > 0
+        ? setTimeout(arm, Math.min(Math.ceil(left), MAX_TIMER_DELAY))
+        : undefined;
+      if (left <= 0) this.check();
+    };
+    arm();
+  }
+}

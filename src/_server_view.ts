@@ -1,0 +1,97 @@
+/**
+ * What this process knows of the lock data on one Redis server: its epoch,
+ * and whether it has seen that data lost.
+ *
+ * The fencing counter `lock-fence` holds `<epoch>:<last token>`. The epoch
+ * is the server time (µs) at which the counter was created: a new epoch
+ * means the lock data was lost (a restart without persistence, a flush)
+ * since the counter was made. A process that has seen the old epoch and
+ * meets a new one knows that holders it cannot see may still believe they
+ * hold their locks: it grants no lock with expiry `e` until `e` ms after the
+ * new epoch began, and tells its own holders of the old epoch that their
+ * locks are lost. A process that never saw the old epoch cannot know:
+ * fencing tokens, which never go back, are the remedy.
+ *
+ * @module
+ */
+
+import type { Connection } from "./clients.ts";
+
+/** A holding that learns when the data it was granted in is lost. */
+export interface EpochBound {
+  /** The epoch the holding was granted in. */
+  readonly epoch: string | undefined;
+  /** Ends the holding as lost. */
+  lose(message: string): void;
+}
+
+const now = () => performance.now();
+
+/** This process's view of the lock data of one server. */
+export class ServerView {
+  #epoch: string | undefined;
+  #restartedAt = -Infinity;
+  readonly #watched = new Set<EpochBound>();
+
+  /** The known epoch, or `undefined` before the first acquisition. */
+  get epoch(): string | undefined {
+    return this.#epoch;
+  }
+
+  /** The epoch as scripts take it: `""` when unknown. */
+  get known(): string {
+    return this.#epoch ?? "";
+  }
+
+  /** Records the epoch met on first contact. */
+  learn(epoch: string): void {
+    if (epoch !== "") this.#epoch ??= epoch;
+  }
+
+  /**
+   * Records a new epoch, which began `age` ms ago: the data of the old one
+   * is lost. Holdings of the old epoch are told.
+   */
+  restarted(epoch: string, age: number): void {
+    if (epoch === this.#epoch) return;
+    const known = this.#epoch !== undefined;
+    this.#epoch = epoch;
+    if (!known) return;
+    this.#restartedAt = Math.max(this.#restartedAt, now() - Math.max(0, age));
+    for (const holding of [...this.#watched]) {
+      if (holding.epoch !== epoch) {
+        holding.lose("Redis lost the lock data (restarted without it)");
+      }
+    }
+  }
+
+  /**
+   * `performance.now()` before which a lock with this expiry may not be
+   * granted: the longest life a lock of the old epoch may still have.
+   */
+  graceUntil(expire: number | undefined): number {
+    return expire === undefined ? -Infinity : this.#restartedAt + expire;
+  }
+
+  /** Tells `holding` when its epoch is lost, until {@linkcode unwatch}. */
+  watch(holding: EpochBound): void {
+    this.#watched.add(holding);
+  }
+
+  /** Stops telling `holding`. */
+  unwatch(holding: EpochBound): void {
+    this.#watched.delete(holding);
+  }
+}
+
+const views = new WeakMap<Connection, ServerView>();
+
+/** The view of the server behind an application connection. */
+export function viewOf(connection: Connection): ServerView {
+  let view = views.get(connection);
+  if (view === undefined) {
+    view = new ServerView();
+    views.set(connection, view);
+  }
+  return view;
+}
