@@ -51,6 +51,10 @@ export interface IoRedisClient {
   disconnect(): void;
   /** Listens for an event (`error`). */
   on?(event: string, listener: (...args: unknown[]) => void): unknown;
+  /** Listens for an event once (`end`). */
+  once?(event: string, listener: (...args: unknown[]) => void): unknown;
+  /** `"end"` once the connection has closed for good. */
+  readonly status?: string;
 }
 
 /**
@@ -286,7 +290,15 @@ function adapt(client: RedisClient): Connection {
         copy.on?.("error", ignore);
         return Promise.resolve(adapt(copy));
       },
-      () => io.disconnect(),
+      () => {
+        // Disconnecting a connection that has ended leaves ioredis a timer.
+        if (io.status === "end") return;
+        return new Promise<void>((resolve) => {
+          io.once?.("end", () => resolve());
+          io.disconnect();
+          if (io.once === undefined) resolve();
+        });
+      },
     );
   }
   if (fn(client, "send")) {

@@ -6,46 +6,11 @@
  */
 
 import assert from "node:assert/strict";
-import { Redis } from "ioredis";
 import { acquire, Lock, shutdown } from "../mod.ts";
-import { DbRedisShape, RespClient } from "./_resp.ts";
+import { bed, eventually } from "./_bed.ts";
+import { DbRedisShape, type RespClient } from "./_resp.ts";
 import { delay, queued } from "./_scenarios.ts";
-import { RedisServer } from "./_server.ts";
 import { denoScript } from "./_deno.ts";
-
-interface Bed extends AsyncDisposable {
-  server: RedisServer;
-  raw: RespClient;
-  client(): Promise<Redis>;
-  /** For the scenario helpers: a raw command. */
-  command(command: string, ...args: (string | number)[]): Promise<unknown>;
-}
-
-/** A server, a raw connection, and ioredis clients closed at the end. */
-async function bed(): Promise<Bed> {
-  const server = await RedisServer.start();
-  const raw = await RespClient.connect(server.port);
-  const clients: Redis[] = [];
-  return {
-    server,
-    raw,
-    command: (command, ...args) => raw.command(command, ...args),
-    async client() {
-      const client = new Redis(server.port, server.hostname);
-      await new Promise((resolve) => client.once("ready", resolve));
-      clients.push(client);
-      return client;
-    },
-    async [Symbol.asyncDispose]() {
-      for (const client of clients) {
-        await shutdown(client);
-        await client.quit();
-      }
-      await raw.close();
-      await server[Symbol.asyncDispose]();
-    },
-  };
-}
 
 async function connectedClients(raw: RespClient): Promise<number> {
   const info = String(await raw.command("INFO", "clients"));
@@ -255,4 +220,70 @@ Deno.test("a client that cannot open a waiting connection fails a wait with a Ty
     await shape.close();
   }
   await holder.release();
+});
+
+Deno.test("waiters of one process that time out together leave no entry, and the lock goes on", async () => {
+  await using env = await bed();
+  const holderClient = await env.client();
+  const client = await env.client();
+  for (let trial = 0; trial < 30; trial++) {
+    const holder = await acquire(holderClient, "together");
+    const results = await Promise.all(
+      [0, 1, 2].map(() =>
+        new Lock(client, "together").acquire({ timeout: 150 })
+      ),
+    );
+    assert.deepEqual(results, [false, false, false]);
+    assert.equal(
+      await env.command("EXISTS", "lock-queue:together"),
+      0,
+      `trial ${trial}: nothing queued once all have settled`,
+    );
+    await holder.release();
+    // Free at once: not handed to a waiter that gave up.
+    const next = new Lock(holderClient, "together");
+    assert.equal(await next.acquire({ blocking: false }), true);
+    await next.release();
+    // A later waiter of the same process is served as usual.
+    const again = await acquire(holderClient, "together");
+    const later = new Lock(client, "together").acquire({ timeout: 5_000 });
+    await queued({ raw: env.command }, "together");
+    await again.release();
+    assert.equal(await later, true);
+    await new Lock(client, "together", {
+      id: (await env.command("GET", "lock:together")) as string,
+    }).release();
+  }
+});
+
+Deno.test("waiters that give up at random moments never strand the lock", async () => {
+  await using env = await bed();
+  const holderClient = await env.client();
+  const client = await env.client();
+  for (let trial = 0; trial < 20; trial++) {
+    const holder = await acquire(holderClient, "random");
+    const controllers = Array.from({ length: 4 }, () => new AbortController());
+    const waits = controllers.map(async (controller, i) => {
+      const lock = new Lock(client, "random");
+      try {
+        const acquired = await lock.acquire({
+          signal: controller.signal,
+          timeout: i === 3 ? undefined : 20 + Math.random() * 40,
+        });
+        if (acquired) await lock.release();
+        return acquired;
+      } catch {
+        return "aborted";
+      }
+    });
+    await delay(Math.random() * 40);
+    const releasing = holder.release();
+    for (const controller of controllers) {
+      if (Math.random() < 0.5) controller.abort();
+    }
+    await releasing;
+    await Promise.all(waits);
+    assert.equal(await env.command("EXISTS", "lock-queue:random"), 0);
+    assert.equal(await env.command("EXISTS", "lock:random"), 0);
+  }
 });
