@@ -10,8 +10,11 @@
 import assert from "node:assert/strict";
 import { Redis } from "ioredis";
 import { acquire, Lock, resetAll, shutdown } from "../mod.ts";
+import { ALIVE_TTL, QUEUE_TTL } from "../src/keys.ts";
+import { bed, delay, eventually } from "./_bed.ts";
+import { denoScript } from "./_deno.ts";
 import { RespClient } from "./_resp.ts";
-import { blockedClients } from "./_scenarios.ts";
+import { blockedClients, queued } from "./_scenarios.ts";
 import { RedisServer } from "./_server.ts";
 
 /** The Python peer: its own connection and id, its commands. */
@@ -142,4 +145,86 @@ Deno.test("a Python peer's BLPOP returns on our reset and resetAll", async () =>
     await raw.command("DEL", "lock-signal:shared");
     await raw.close();
   }
+});
+
+Deno.test("a release skips the entries of dead processes and wakes a Python waiter", async () => {
+  await using env = await bed();
+  const holder = await acquire(await env.client(), "dead-entries");
+  const child = denoScript(
+    new URL("./_worker.ts", import.meta.url),
+    ["queue", String(env.server.port), "dead-entries"],
+    { stdout: "null", stderr: "null" },
+  ).spawn();
+  await queued({ raw: env.command }, "dead-entries");
+  child.kill("SIGKILL");
+  await child.status;
+  await delay(ALIVE_TTL + 500); // its liveness has lapsed
+  const python = await RespClient.connect(env.server.port);
+  try {
+    // python-redis-lock without timeout nor expire blocks with no timeout;
+    // 3 s stands for ever here.
+    const popped = python.command("BLPOP", "lock-signal:dead-entries", 3);
+    await blocked(env.raw, 1);
+    const released = performance.now();
+    await holder.release();
+    assert.deepEqual(await popped, ["lock-signal:dead-entries", "1"]);
+    assert.ok(performance.now() - released < 1_000, "woken by the release");
+    assert.equal(await env.command("EXISTS", "lock:dead-entries"), 0);
+    assert.equal(await env.command("EXISTS", "lock-queue:dead-entries"), 0);
+  } finally {
+    await python.close();
+  }
+});
+
+Deno.test("the queue of waiters that all died goes away by itself", async () => {
+  await using env = await bed();
+  const holder = await acquire(await env.client(), "forgotten");
+  const child = denoScript(
+    new URL("./_worker.ts", import.meta.url),
+    ["queue", String(env.server.port), "forgotten"],
+    { stdout: "null", stderr: "null" },
+  ).spawn();
+  await queued({ raw: env.command }, "forgotten");
+  const pttl = await env.command("PTTL", "lock-queue:forgotten") as number;
+  assert.ok(pttl > 0, `the queue expires unless refreshed: ${pttl}`);
+  child.kill("SIGKILL");
+  await child.status;
+  await eventually(
+    async () => await env.command("EXISTS", "lock-queue:forgotten") === 0,
+    "the queue is gone",
+    QUEUE_TTL + 2_000,
+  );
+  await holder.release();
+});
+
+Deno.test("a wake-up taken for a name no longer waited for is put back with the lock's signal expiry", async () => {
+  await using env = await bed();
+  const holderClient = await env.client();
+  const client = await env.client();
+  // Another name keeps the waiting connection's BLPOP running.
+  const other = await acquire(holderClient, "put-back:other");
+  const otherWait = new Lock(client, "put-back:other").acquire();
+  let putBack = false;
+  for (let attempt = 0; attempt < 3 && !putBack; attempt++) {
+    const holder = await acquire(holderClient, "put-back");
+    assert.equal(
+      await new Lock(client, "put-back", { signalExpire: 5_000 })
+        .acquire({ timeout: 100 }),
+      false,
+    );
+    // The BLPOP still covers the name's signal list: the release's wake-up
+    // (which lives 1 s) is taken, and put back for 5 s.
+    await holder.release();
+    await delay(100);
+    putBack = await env.command("PTTL", "lock-signal:put-back") as number >
+      1_000;
+    await env.command("DEL", "lock-signal:put-back");
+    await delay(1_100);
+  }
+  assert.ok(putBack, "put back with the lock's own signal expiry");
+  await other.release();
+  assert.equal(await otherWait, true);
+  await new Lock(client, "put-back:other", {
+    id: await env.command("GET", "lock:put-back:other") as string,
+  }).release();
 });
