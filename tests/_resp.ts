@@ -142,8 +142,9 @@ export class RespClient {
     for (const part of parts) {
       text += `$${encoder.encode(part).length}\r\n${part}\r\n`;
     }
-    const { promise, resolve, reject } = Promise.withResolvers<unknown>();
-    this.#pending.push({ resolve, reject });
+    const promise = new Promise<unknown>((resolve, reject) =>
+      this.#pending.push({ resolve, reject })
+    );
     const bytes = encoder.encode(text);
     (async () => {
       let written = 0;

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { acquire, Lock, shutdown } from "../mod.ts";
 import { bed, eventually } from "./_bed.ts";
-import { DbRedisShape, type RespClient } from "./_resp.ts";
+import { DbRedisShape, RespClient } from "./_resp.ts";
 import { delay, queued } from "./_scenarios.ts";
 import { denoScript } from "./_deno.ts";
 
@@ -285,5 +285,83 @@ Deno.test("waiters that give up at random moments never strand the lock", async 
     await Promise.all(waits);
     assert.equal(await env.command("EXISTS", "lock-queue:random"), 0);
     assert.equal(await env.command("EXISTS", "lock:random"), 0);
+  }
+});
+
+Deno.test("contended waits work on a runtime without Promise.withResolvers (Node 20)", async () => {
+  await using env = await bed();
+  const promise = Promise as { withResolvers?: unknown };
+  const original = promise.withResolvers;
+  delete promise.withResolvers;
+  try {
+    const holder = await acquire(await env.client(), "node20");
+    const waiter = new Lock(await env.client(), "node20");
+    const waiting = waiter.acquire({ timeout: 5_000 });
+    await queued({ raw: env.command }, "node20");
+    await holder.release();
+    assert.equal(await waiting, true);
+    await waiter.release();
+  } finally {
+    promise.withResolvers = original;
+  }
+});
+
+/**
+ * A `{ send }` client whose own connections (its duplicates) throw a
+ * TypeError, synchronously, on the next script once `armed`: a bug
+ * anywhere inside a wait.
+ */
+class FlakyClient {
+  armed = false;
+  readonly #client: RespClient;
+  readonly #copies: FlakyClient[];
+
+  constructor(client: RespClient, copies: FlakyClient[] = []) {
+    this.#client = client;
+    this.#copies = copies;
+  }
+
+  /** Arms every duplicate. */
+  arm(): void {
+    for (const copy of this.#copies) copy.armed = true;
+  }
+
+  send(command: string, args: string[]): Promise<unknown> {
+    if (this.armed && command.startsWith("EVAL")) {
+      this.armed = false;
+      throw new TypeError("injected failure");
+    }
+    return this.#client.send(command, args);
+  }
+
+  async duplicate(): Promise<FlakyClient> {
+    const copy = new FlakyClient(await this.#client.duplicate(), this.#copies);
+    this.#copies.push(copy);
+    return copy;
+  }
+
+  close(): Promise<void> {
+    return this.#client.close();
+  }
+}
+
+Deno.test("an exception inside a wait fails it and leaves no entry behind", async () => {
+  await using env = await bed();
+  const holder = await acquire(await env.client(), "boom");
+  const flaky = new FlakyClient(await RespClient.connect(env.server.port));
+  try {
+    const waiting = new Lock(flaky, "boom").acquire({ timeout: 10_000 });
+    await queued({ raw: env.command }, "boom");
+    flaky.arm(); // the next look at the lock (within a tick) throws
+    await assert.rejects(waiting, /injected failure/);
+    await eventually(
+      async () => await env.command("EXISTS", "lock-queue:boom") === 0,
+      "the entry is cancelled",
+    );
+    await holder.release();
+    assert.equal(await env.command("EXISTS", "lock:boom"), 0, "not handed on");
+  } finally {
+    await shutdown(flaky);
+    await flaky.close();
   }
 });
