@@ -44,12 +44,12 @@ export async function resetAll(
   client: RedisClient,
   options?: ResetAllOptions,
 ): Promise<number> {
-  const given = optionsObject("reset all", options, ["signalExpire"]);
-  const signalExpire = positiveInteger(
+  const { signalExpire: given = 1000 } = optionsObject(
     "reset all",
-    "signalExpire",
-    given.signalExpire ?? 1000,
+    options,
+    ["signalExpire"],
   );
+  const signalExpire = positiveInteger("reset all", "signalExpire", given);
   const connection = toConnection(client);
   let cursor = "0";
   let count = 0;
