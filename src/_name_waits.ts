@@ -135,6 +135,10 @@ export class NameWaits {
   /** Hand-overs received, by ticket, not yet applied. */
   readonly #mail = new Map<string, number>();
   #checkDue = false;
+  /** Whether a wake-up was taken from the signal list for this name. */
+  #tookWakeUp = false;
+  /** While a racers' turn is open, the signal list is not listened to. */
+  #quietUntil = 0;
   /** Failures in a row; no command before `#retryAt`. */
   #failures = 0;
   #permanentFailures = 0;
@@ -160,7 +164,7 @@ export class NameWaits {
   /** Whether the `BLPOP` should cover the name's signal list. */
   get listens(): boolean {
     const kind = this.#presence.kind;
-    return kind === "queued" || kind === "armed";
+    return kind === "armed" || (kind === "queued" && now() >= this.#quietUntil);
   }
 
   /** Whether the driver has ended. */
@@ -195,11 +199,21 @@ export class NameWaits {
     });
   }
 
-  /** Look at the lock again (a tick, a wake-up, the holder's expiry). */
+  /** Look at the lock again (a tick, the holder's expiry). */
   check(): void {
-    if (!this.listens) return;
+    const kind = this.#presence.kind;
+    if (kind !== "queued" && kind !== "armed") return;
     this.#checkDue = true;
     this.poke();
+  }
+
+  /**
+   * A wake-up was taken from the name's signal list: look at the lock, and
+   * put the wake-up back if it is not for this process.
+   */
+  signalled(): void {
+    this.#tookWakeUp = true;
+    this.check();
   }
 
   /** A hand-over arrived for `ticket`. */

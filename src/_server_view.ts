@@ -16,6 +16,7 @@
  */
 
 import type { Connection } from "./clients.ts";
+import { TURN } from "./keys.ts";
 
 /** A holding that learns when the data it was granted in is lost. */
 export interface EpochBound {
@@ -32,6 +33,8 @@ export class ServerView {
   #epoch: string | undefined;
   #restartedAt = -Infinity;
   readonly #watched = new Set<EpochBound>();
+  /** Names whose racers' turn this process opened, until when. */
+  readonly #turns = new Map<string, number>();
 
   /** The known epoch, or `undefined` before the first acquisition. */
   get epoch(): string | undefined {
@@ -71,6 +74,29 @@ export class ServerView {
    */
   graceUntil(expire: number | undefined): number {
     return expire === undefined ? -Infinity : this.#restartedAt + expire;
+  }
+
+  /**
+   * A release of this process opened a racers' turn: the process's own
+   * acquires leave the lock to racers until it ends.
+   */
+  turnOpened(name: string): void {
+    const at = now();
+    if (this.#turns.size >= 64) {
+      for (const [other, until] of this.#turns) {
+        if (until <= at) this.#turns.delete(other);
+      }
+    }
+    this.#turns.set(name, at + TURN);
+  }
+
+  /** Whether a racers' turn this process opened is still open. */
+  inTurn(name: string): boolean {
+    const until = this.#turns.get(name);
+    if (until === undefined) return false;
+    if (now() < until) return true;
+    this.#turns.delete(name);
+    return false;
   }
 
   /** Tells `holding` when its epoch is lost, until {@linkcode unwatch}. */

@@ -16,6 +16,25 @@ export const SIGNAL_PREFIX = "lock-signal:";
 export const QUEUE_PREFIX = "lock-queue:";
 
 /**
+ * Prefix of the turn state of a name: whether a racers' turn is open, and
+ * when the next is due. Racers (python-redis-lock's waiters, and `fair:
+ * false`) wait on the signal list rather than in the queue: once per cycle
+ * of the queue while they show up, and once per `TURN_QUIET` while they do
+ * not, a release lets the lock free for them for `TURN` ms instead of
+ * handing it to the queue.
+ */
+export const TURN_PREFIX = "lock-turn:";
+
+/** Milliseconds a racers' turn lasts at most. */
+export const TURN = 20;
+
+/** Milliseconds between turns while no racer takes one. */
+export const TURN_QUIET = 2_000;
+
+/** Milliseconds the turn state is kept without a hand-over. */
+export const TURN_MEMORY = 60_000;
+
+/**
  * Prefix of wake lists: one per waiting process, where hand-overs are
  * pushed. The process's random id follows.
  */
@@ -66,9 +85,11 @@ export interface LockKeys {
   readonly queue: string;
   /** Counter the fencing tokens are drawn from. */
   readonly fence: string;
-  /** `[lock, signal, queue, fence]`, as the scripts that let go take them. */
+  /** The turn state of racers. */
+  readonly turn: string;
+  /** `[lock, signal, queue, fence, turn]`, as the scripts that let go take them. */
   readonly all: readonly string[];
-  /** `[lock, queue, fence]`, as ACQUIRE takes them. */
+  /** `[lock, queue, fence, turn]`, as ACQUIRE takes them. */
   readonly forAcquire: readonly string[];
   /** `[lock]`, for the scripts that only set an expiry. */
   readonly onlyLock: readonly string[];
@@ -81,13 +102,15 @@ export function lockKeys(name: string): LockKeys {
   const lock = LOCK_PREFIX + name;
   const signal = SIGNAL_PREFIX + name;
   const queue = QUEUE_PREFIX + name;
+  const turn = TURN_PREFIX + name;
   return {
     lock,
     signal,
     queue,
     fence: FENCE_KEY,
-    all: [lock, signal, queue, FENCE_KEY],
-    forAcquire: [lock, queue, FENCE_KEY],
+    turn,
+    all: [lock, signal, queue, FENCE_KEY, turn],
+    forAcquire: [lock, queue, FENCE_KEY, turn],
     onlyLock: [lock],
     forClaim: [lock, FENCE_KEY],
   };

@@ -236,8 +236,9 @@ export class Lock implements AsyncDisposable {
       const waiter = waiterOf(this.#connection);
       // A free lock is taken on the application's connection, in one round
       // trip and with no waiting machinery; waiters of this process come
-      // first, though.
-      if (!waiter.waitsFor(this.name)) {
+      // first, though, and racers in the turn this process gave them.
+      const view = viewOf(this.#connection);
+      if (!waiter.waitsFor(this.name) && !view.inTurn(this.name)) {
         const deadline = performance.now() + timeout;
         if (await this.#tryOnce(signal)) return true;
         if (!this.#connection.canDuplicate) {
@@ -304,7 +305,12 @@ export class Lock implements AsyncDisposable {
    */
   async #tryOnce(signal?: AbortSignal): Promise<boolean | undefined> {
     const view = viewOf(this.#connection);
-    if (performance.now() < view.graceUntil(this.#expire)) return false;
+    if (
+      performance.now() < view.graceUntil(this.#expire) ||
+      view.inTurn(this.name)
+    ) {
+      return false;
+    }
     const sentAt = performance.now();
     const reply = await this.#try(view);
     let token: number;
@@ -449,6 +455,7 @@ export class Lock implements AsyncDisposable {
         { cause: wasLost ? lease?.reason : undefined },
       );
     }
+    if (reply === 2) viewOf(this.#connection).turnOpened(this.name);
   }
 
   /**

@@ -36,6 +36,9 @@ import {
   HAND_OVER_EXPIRE,
   type LockKeys,
   QUEUE_TTL,
+  TURN,
+  TURN_MEMORY,
+  TURN_QUIET,
   WAKE_PREFIX,
 } from "./keys.ts";
 
@@ -106,25 +109,83 @@ redis.call('pexpire', KEYS[2], ARGV[1])
 `;
 
 /**
- * Statements that let the lock go: to the first queued waiter alive, or
- * else deleted with a wake-up in the signal list (python-redis-lock's
- * UNLOCK).
+ * Statements that read the racers' turn (KEYS[turn], the signal list at
+ * KEYS[signal], the queue at KEYS[queue]) and close a turn that has ended:
+ * used if its wake-up (`2`) was taken from the signal list, unused if it is
+ * still there. They leave `turn`: `"open"` (with `turnLeft` ms left), `"q"`
+ * (no turn before the key expires), `"u<k>"` (k hand-overs before the next
+ * turn), or false (a turn is due).
+ */
+function turnState(turn: number, signal: number, queue: number): string {
+  return `
+local turn, turnLeft = redis.call('get', KEYS[${turn}]), 0
+if turn and string.sub(turn, 1, 1) == 'o' then
+  local clock = redis.call('time')
+  local ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  turnLeft = tonumber(string.sub(turn, 2)) - ms
+  if turnLeft > 0 then
+    turn = 'open'
+  elseif redis.call('lindex', KEYS[${signal}], 0) == '2' then
+    redis.call('del', KEYS[${signal}])
+    turn = 'q'
+    redis.call('set', KEYS[${turn}], turn, 'KEEPTTL')
+  else
+    turn = 'u' .. redis.call('llen', KEYS[${queue}])
+    redis.call('set', KEYS[${turn}], turn, 'PX', ${TURN_MEMORY})
+  end
+end
+`;
+}
+
+/**
+ * Statements that let the lock go (KEYS: lock, signal, queue, fence, turn):
+ * when waiters of this library are queued, to the first alive, unless a
+ * racers' turn is due: then the lock is deleted and a wake-up (`2`) left in
+ * the signal list for `TURN` ms, during which this library's queued waiters
+ * leave it to racers. With nobody alive queued, the lock is deleted with a
+ * wake-up in the signal list (python-redis-lock's UNLOCK). They leave
+ * `opened` true when a turn opened.
  */
 const LET_GO = `
-${HAND_OVER}
-if not entry then
-  ${SIGNAL}
-  redis.call('del', KEYS[1])
+local opened = false
+if redis.call('llen', KEYS[3]) > 0 then
+  ${turnState(5, 2, 3)}
+  if turn == 'open' then
+    -- A racer took the lock in its turn and lets it go now.
+    redis.call('set', KEYS[5], 'u' .. redis.call('llen', KEYS[3]), 'PX', ${TURN_MEMORY})
+  elseif not turn or turn == 'u0' then
+    local clock = redis.call('time')
+    local ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+    redis.call('set', KEYS[5], 'o' .. string.format('%d', ms + ${TURN}), 'PX', ${
+  TURN + TURN_QUIET
+})
+    redis.call('del', KEYS[2])
+    redis.call('lpush', KEYS[2], 2)
+    redis.call('pexpire', KEYS[2], ${TURN + TURN_QUIET})
+    redis.call('del', KEYS[1])
+    opened = true
+  elseif string.sub(turn, 1, 1) == 'u' then
+    redis.call('set', KEYS[5], 'u' .. (tonumber(string.sub(turn, 2)) - 1), 'KEEPTTL')
+  end
+end
+if not opened then
+  ${HAND_OVER}
+  if not entry then
+    ${SIGNAL}
+    redis.call('del', KEYS[1])
+  end
 end
 `;
 
 /**
- * KEYS: lock, queue, fence. ARGV: id, expire ms ("" for none),
+ * KEYS: lock, queue, fence, turn. ARGV: id, expire ms ("" for none),
  * `<process>|<ticket>` ("" not to queue), the epoch the caller knows (""
  * if none).
  *
- * Sets the lock when it is free and draws a fencing token; when another id
- * holds it and a process is given, queues the entry
+ * Sets the lock when it is free and draws a fencing token. A caller that
+ * queues (a waiter of this library) leaves a free lock to racers while
+ * their turn is open, and queues. When another id holds the lock and a
+ * process is given, queues the entry
  * `<process>|<ticket>|<expire>|<id>` (once, however often this runs) and
  * marks the process alive. Returns:
  * - the token (an integer, the common case made cheap) when acquired;
@@ -138,7 +199,17 @@ end
 export const ACQUIRE = `
 ${EFFECTS}
 local owner
-if redis.REDIS_VERSION_NUM then
+local turnLeft = 0
+if ARGV[3] ~= '' then
+  local turn = redis.call('get', KEYS[4])
+  if turn and string.sub(turn, 1, 1) == 'o' then
+    local clock = redis.call('time')
+    turnLeft = tonumber(string.sub(turn, 2)) - tonumber(clock[1]) * 1000 - math.floor(tonumber(clock[2]) / 1000)
+  end
+end
+if turnLeft > 0 then
+  owner = ''
+elseif redis.REDIS_VERSION_NUM then
   -- Redis 7 sets or reads the holder in one command.
   if ARGV[2] == '' then
     owner = redis.call('set', KEYS[1], ARGV[1], 'NX', 'GET')
@@ -176,7 +247,8 @@ if ARGV[3] ~= '' then
   redis.call('pexpire', KEYS[2], ${QUEUE_TTL})
   redis.call('set', '${ALIVE_PREFIX}' .. string.match(ARGV[3], '^[^|]*'), 1, 'PX', ${ALIVE_TTL})
 end
-local pttl = redis.call('pttl', KEYS[1])
+local pttl = turnLeft
+if turnLeft <= 0 then pttl = redis.call('pttl', KEYS[1]) end
 if ARGV[4] == '' then
   local fence = redis.call('get', KEYS[3])
   return {0, pttl, fence and string.match(fence, '^(%d+):') or ''}
@@ -185,11 +257,11 @@ return {0, pttl}
 `;
 
 /**
- * KEYS: lock, signal, queue, fence. ARGV: signal expiry, id.
+ * KEYS: lock, signal, queue, fence, turn. ARGV: signal expiry, id.
  * If this id holds the lock, lets it go: to the first queued waiter alive,
- * or else deletes it and leaves one wake-up in the signal list
- * (python-redis-lock's UNLOCK). Returns 0 when released, 1 when this id does
- * not hold the lock.
+ * to racers for their turn, or else deletes it and leaves one wake-up in
+ * the signal list (python-redis-lock's UNLOCK). Returns 0 when released, 2
+ * when released for a racers' turn, 1 when this id does not hold the lock.
  */
 export const RELEASE = `
 ${EFFECTS}
@@ -197,6 +269,7 @@ if redis.call('get', KEYS[1]) ~= ARGV[2] then
   return 1
 end
 ${LET_GO}
+if opened then return 2 end
 return 0
 `;
 
@@ -274,7 +347,7 @@ return {0, token}
 `;
 
 /**
- * KEYS: lock, signal, queue, fence. ARGV: signal expiry.
+ * KEYS: lock, signal, queue, fence, turn. ARGV: signal expiry.
  * Deletes the lock whoever holds it, and lets it go as a release does
  * (python-redis-lock's RESET). Returns 1 when there was a lock, 0 when there
  * was none.
@@ -287,22 +360,30 @@ return existed
 `;
 
 /**
- * KEYS: lock, signal, queue, fence. ARGV: signal expiry, process of the
- * caller ("" if none), up to two entries the caller may have queued ("" if
- * none).
+ * KEYS: lock, signal, queue, fence, turn. ARGV: signal expiry, process of
+ * the caller ("" if none), up to two entries the caller may have queued (""
+ * if none), "1" when the caller took a wake-up from the signal list.
  * Looks at the lock for a waiting process: when it is free, lets it go (to
- * the first queued waiter alive, or leaves python's wake-up). When one of
- * the caller's entries is queued, keeps the queue and the caller alive in
+ * the first queued waiter alive, or leaves python's wake-up), unless a
+ * racers' turn is open: then a wake-up the caller took is put back. When one
+ * of the caller's entries is queued, keeps the queue and the caller alive in
  * Redis. Returns `{state, pttl, queued, owner}`: state 0 held (pttl of the
- * holder, -1 if none), 1 handed over, 2 free with nobody alive queued;
- * queued 1 or 2 when that entry is in the queue, else 0; owner the holder's
- * id or false.
+ * holder, -1 if none), 1 handed over, 2 free with nobody alive queued, 3
+ * free for racers (pttl: the turn's time left); queued 1 or 2 when that
+ * entry is in the queue, else 0; owner the holder's id or false.
  */
 export const INSPECT = `
 ${EFFECTS}
 local state, pttl = 0, -2
+${turnState(5, 2, 3)}
 if redis.call('exists', KEYS[1]) == 1 then
   pttl = redis.call('pttl', KEYS[1])
+elseif turn == 'open' then
+  state, pttl = 3, turnLeft
+  if ARGV[5] == '1' then
+    redis.call('lpush', KEYS[2], 2)
+    redis.call('pexpire', KEYS[2], ${TURN + TURN_QUIET})
+  end
 else
   ${HAND_OVER}
   if entry then
@@ -326,7 +407,7 @@ return {state, pttl, queued, redis.call('get', KEYS[1])}
 `;
 
 /**
- * KEYS: lock, signal, queue, fence. ARGV: signal expiry, entry of the
+ * KEYS: lock, signal, queue, fence, turn. ARGV: signal expiry, entry of the
  * waiter giving up ("" if not queued), entry of the next waiter of the same
  * process ("" if none), id of the waiter giving up.
  * Takes a waiter out of the queue (every copy of its entry), leaving its

@@ -208,7 +208,7 @@ export class Waiter implements WaiterContext {
     const name = key.slice(SIGNAL_PREFIX.length);
     const waits = this.#names.get(name);
     if (waits?.listens) {
-      waits.check();
+      waits.signalled();
       return;
     }
     this.#send(
@@ -216,6 +216,7 @@ export class Waiter implements WaiterContext {
         "",
         "",
         "",
+        "1",
       ]),
     );
   }

@@ -228,3 +228,103 @@ Deno.test("a wake-up taken for a name no longer waited for is put back with the 
     id: await env.command("GET", "lock:put-back:other") as string,
   }).release();
 });
+
+/** python-redis-lock 4.x's UNLOCK script, as its release runs it. */
+const PYTHON_UNLOCK = `
+if redis.call("get", KEYS[1]) ~= ARGV[1] then
+  return 1
+else
+  redis.call("del", KEYS[2])
+  redis.call("lpush", KEYS[2], 1)
+  redis.call("pexpire", KEYS[2], ARGV[2])
+  redis.call("del", KEYS[1])
+  return 0
+end`;
+
+/**
+ * python-redis-lock's waiter, command for command: `SET NX EX`, and while
+ * busy `BLPOP` on the signal list (with `expire` as its timeout), then
+ * `SET NX` again; once held, its release. Counts its acquisitions until
+ * `stop()`.
+ */
+async function pythonLoop(
+  redis: RespClient,
+  name: string,
+  stop: () => boolean,
+  waits: number[],
+  pause = 0,
+): Promise<number> {
+  const id = "cHl0aG9uLXdhaXRlci0wMDAx";
+  let count = 0;
+  let since = performance.now();
+  while (!stop()) {
+    const set = await redis.command("SET", `lock:${name}`, id, "NX", "EX", 10);
+    if (set !== "OK") {
+      await redis.command("BLPOP", `lock-signal:${name}`, 1);
+      continue;
+    }
+    waits.push(performance.now() - since);
+    count++;
+    await redis.command(
+      "EVAL",
+      PYTHON_UNLOCK,
+      2,
+      `lock:${name}`,
+      `lock-signal:${name}`,
+      id,
+      1000,
+    );
+    if (pause > 0) await delay(pause);
+    since = performance.now();
+  }
+  return count;
+}
+
+for (const pause of [0, 1]) {
+  Deno.test(`a Python waiter gets its share beside this library's waiters (${pause} ms between its acquisitions)`, async () => {
+    await using env = await bed();
+    const name = `shared-fairly-${pause}`;
+    const ours = 3;
+    const clients = await Promise.all(
+      Array.from({ length: ours }, () => env.client()),
+    );
+    const python = await RespClient.connect(env.server.port);
+    let stopped = false;
+    const stop = () => stopped;
+    const pythonWaits: number[] = [];
+    try {
+      const loops = clients.map(async (client) => {
+        const lock = new Lock(client, name);
+        let count = 0;
+        while (!stopped) {
+          await lock.acquire();
+          count++;
+          await lock.release();
+          if (pause > 0) await delay(pause);
+        }
+        return count;
+      });
+      const pythonCount = pythonLoop(python, name, stop, pythonWaits, pause);
+      await delay(3_000);
+      stopped = true;
+      const counts = [await pythonCount, ...await Promise.all(loops)];
+      const total = counts.reduce((a, b) => a + b, 0);
+      const share = counts[0] / total;
+      const fair = 1 / (ours + 1);
+      console.log(
+        `acquisitions python / ours: ${counts.join(" / ")}; python's share ${
+          share.toFixed(3)
+        } (fair ${fair.toFixed(3)}); python's longest wait ${
+          Math.round(Math.max(0, ...pythonWaits))
+        } ms`,
+      );
+      assert.ok(share >= fair / 2, `python's share ${share} < ${fair / 2}`);
+      for (const count of counts.slice(1)) {
+        assert.ok(count > 0, "no waiter of this library starves");
+      }
+    } finally {
+      stopped = true;
+      await python.close();
+    }
+  });
+}
