@@ -46,7 +46,7 @@ import {
   type Sender,
 } from "./scripts.ts";
 
-const acquireScript = new Script(ACQUIRE, (keys) => keys.forAcquire);
+const acquireScript = new Script(ACQUIRE, (keys) => keys.all);
 const inspectScript = new Script(INSPECT, (keys) => keys.all);
 const cancelScript = new Script(CANCEL, (keys) => keys.all);
 const claimScript = new Script(CLAIM, (keys) => keys.forClaim);
@@ -135,8 +135,8 @@ export class NameWaits {
   /** Hand-overs received, by ticket, not yet applied. */
   readonly #mail = new Map<string, number>();
   #checkDue = false;
-  /** Whether a wake-up was taken from the signal list for this name. */
-  #tookWakeUp = false;
+  /** The wake-up taken from the signal list for this name ("" if none). */
+  #wakeUp = "";
   /** While a racers' turn is open, the signal list is not listened to. */
   #quietUntil = 0;
   /** Failures in a row; no command before `#retryAt`. */
@@ -211,8 +211,8 @@ export class NameWaits {
    * A wake-up was taken from the name's signal list: look at the lock, and
    * put the wake-up back if it is not for this process.
    */
-  signalled(): void {
-    this.#tookWakeUp = true;
+  signalled(value: string): void {
+    this.#wakeUp = value;
     this.check();
   }
 
@@ -470,12 +470,14 @@ export class NameWaits {
       return;
     }
     const entries = candidates.map(({ entry }) => entry ?? "");
+    const took = this.#wakeUp;
+    this.#wakeUp = "";
     const sentAt = now();
     const [state, pttl, queued, owner] = await inspectScript.handOver(
       this.#context.control,
       this.keys,
       this.signalExpire,
-      [this.#context.process, entries[0] ?? "", entries[1] ?? ""],
+      [this.#context.process, entries[0] ?? "", entries[1] ?? "", took],
     ) as [number, number, number, string | null];
     if (queued > 0 && ticket !== undefined) {
       const { wait, entry } = candidates[queued - 1];
@@ -486,8 +488,10 @@ export class NameWaits {
         wait,
         since: sentAt,
       };
-      // Handed to another just now: if it died, its hold ends by then.
-      this.#armExpiry(state === 0 ? pttl : HAND_OVER_EXPIRE);
+      // In a racers' turn the signal list is theirs until it ends. Handed
+      // to another just now: if it died, its hold ends by then.
+      if (state === 3) this.#quietUntil = now() + pttl;
+      this.#armExpiry(state === 1 ? HAND_OVER_EXPIRE : pttl);
       this.#context.pump();
       return;
     }

@@ -26,10 +26,10 @@ export const QUEUE_PREFIX = "lock-queue:";
 export const TURN_PREFIX = "lock-turn:";
 
 /** Milliseconds a racers' turn lasts at most. */
-export const TURN = 20;
+export const TURN = 10;
 
 /** Milliseconds between turns while no racer takes one. */
-export const TURN_QUIET = 2_000;
+export const TURN_QUIET = 5_000;
 
 /** Milliseconds the turn state is kept without a hand-over. */
 export const TURN_MEMORY = 60_000;
@@ -89,8 +89,6 @@ export interface LockKeys {
   readonly turn: string;
   /** `[lock, signal, queue, fence, turn]`, as the scripts that let go take them. */
   readonly all: readonly string[];
-  /** `[lock, queue, fence, turn]`, as ACQUIRE takes them. */
-  readonly forAcquire: readonly string[];
   /** `[lock]`, for the scripts that only set an expiry. */
   readonly onlyLock: readonly string[];
   /** `[lock, fence]`, as CLAIM takes them. */
@@ -110,7 +108,6 @@ export function lockKeys(name: string): LockKeys {
     fence: FENCE_KEY,
     turn,
     all: [lock, signal, queue, FENCE_KEY, turn],
-    forAcquire: [lock, queue, FENCE_KEY, turn],
     onlyLock: [lock],
     forClaim: [lock, FENCE_KEY],
   };

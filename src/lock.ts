@@ -39,7 +39,7 @@ import {
 import { type Acquisition, type Waiter, waiterOf } from "./waiter.ts";
 import { type ServerView, viewOf } from "./_server_view.ts";
 
-const acquireScript = new Script(ACQUIRE, (keys) => keys.forAcquire);
+const acquireScript = new Script(ACQUIRE, (keys) => keys.all);
 const releaseScript = new Script(RELEASE, (keys) => keys.all);
 const extendScript = new Script(EXTEND, (keys) => keys.onlyLock);
 const keepScript = new Script(KEEP, (keys) => keys.onlyLock);

@@ -111,12 +111,18 @@ redis.call('pexpire', KEYS[2], ARGV[1])
 /**
  * Statements that read the racers' turn (KEYS[turn], the signal list at
  * KEYS[signal], the queue at KEYS[queue]) and close a turn that has ended:
- * used if its wake-up (`2`) was taken from the signal list, unused if it is
- * still there. They leave `turn`: `"open"` (with `turnLeft` ms left), `"q"`
- * (no turn before the key expires), `"u<k>"` (k hand-overs before the next
- * turn), or false (a turn is due).
+ * used if a racer took its wake-up (`2`) from the signal list, unused if it
+ * is still there or `ours` (a Lua expression) says this library's waiting
+ * connection took it. They leave `turn`: `"open"` (with `turnLeft` ms left),
+ * `"q"` (no turn before the key expires), `"u<k>"` (k hand-overs before the
+ * next turn), or false (a turn is due).
  */
-function turnState(turn: number, signal: number, queue: number): string {
+function turnState(
+  turn: number,
+  signal: number,
+  queue: number,
+  ours = "false",
+): string {
   return `
 local turn, turnLeft = redis.call('get', KEYS[${turn}]), 0
 if turn and string.sub(turn, 1, 1) == 'o' then
@@ -125,7 +131,7 @@ if turn and string.sub(turn, 1, 1) == 'o' then
   turnLeft = tonumber(string.sub(turn, 2)) - ms
   if turnLeft > 0 then
     turn = 'open'
-  elseif redis.call('lindex', KEYS[${signal}], 0) == '2' then
+  elseif ${ours} or redis.call('lindex', KEYS[${signal}], 0) == '2' then
     redis.call('del', KEYS[${signal}])
     turn = 'q'
     redis.call('set', KEYS[${turn}], turn, 'KEEPTTL')
@@ -178,21 +184,22 @@ end
 `;
 
 /**
- * KEYS: lock, queue, fence, turn. ARGV: id, expire ms ("" for none),
- * `<process>|<ticket>` ("" not to queue), the epoch the caller knows (""
- * if none).
+ * KEYS: lock, signal, queue, fence, turn. ARGV: id, expire ms ("" for
+ * none), `<process>|<ticket>` ("" not to queue), the epoch the caller knows
+ * ("" if none).
  *
  * Sets the lock when it is free and draws a fencing token. A caller that
- * queues (a waiter of this library) leaves a free lock to racers while
- * their turn is open, and queues. When another id holds the lock and a
- * process is given, queues the entry
- * `<process>|<ticket>|<expire>|<id>` (once, however often this runs) and
- * marks the process alive. Returns:
+ * queues (a waiter of this library) does not pass the queue: it leaves a
+ * free lock to racers while their turn is open, and to the first waiter
+ * queued alive, and queues. When another id holds the lock and a process is
+ * given, queues the entry `<process>|<ticket>|<expire>|<id>` (once, however
+ * often this runs) and marks the process alive. Returns:
  * - the token (an integer, the common case made cheap) when acquired;
  * - `{1, token, epoch}` when acquired by a caller that knew no epoch;
  * - `{2}` when this id already holds the lock;
- * - `{0, pttl}` when another id holds it (pttl -1: it never expires), and
- *   `{0, pttl, epoch}` for a caller that knew no epoch ("" if none yet);
+ * - `{0, pttl}` when another id holds it (pttl -1: it never expires; the
+ *   time left of a racers' turn), and `{0, pttl, epoch}` for a caller that
+ *   knew no epoch ("" if none yet);
  * - `{3, epoch, age ms}` when the counter's epoch is not the one the caller
  *   knows: the lock data was lost since; nothing is changed.
  */
@@ -201,7 +208,7 @@ ${EFFECTS}
 local owner
 local turnLeft = 0
 if ARGV[3] ~= '' then
-  local turn = redis.call('get', KEYS[4])
+  local turn = redis.call('get', KEYS[5])
   if turn and string.sub(turn, 1, 1) == 'o' then
     local clock = redis.call('time')
     turnLeft = tonumber(string.sub(turn, 2)) - tonumber(clock[1]) * 1000 - math.floor(tonumber(clock[2]) / 1000)
@@ -225,8 +232,13 @@ else
   end
   owner = not set and redis.call('get', KEYS[1])
 end
+if not owner and ARGV[3] ~= '' and redis.call('llen', KEYS[3]) > 0 then
+  -- Free, but others queued first: the first of them alive takes it.
+  ${HAND_OVER}
+  if entry then owner = id end
+end
 if not owner then
-  ${draw(3)}
+  ${draw(4)}
   if ARGV[4] == '' then
     return {1, token, epoch}
   end
@@ -241,16 +253,16 @@ if owner == ARGV[1] then
 end
 if ARGV[3] ~= '' then
   local entry = ARGV[3] .. '|' .. ARGV[2] .. '|' .. ARGV[1]
-  if not redis.call('lpos', KEYS[2], entry) then
-    redis.call('rpush', KEYS[2], entry)
+  if not redis.call('lpos', KEYS[3], entry) then
+    redis.call('rpush', KEYS[3], entry)
   end
-  redis.call('pexpire', KEYS[2], ${QUEUE_TTL})
+  redis.call('pexpire', KEYS[3], ${QUEUE_TTL})
   redis.call('set', '${ALIVE_PREFIX}' .. string.match(ARGV[3], '^[^|]*'), 1, 'PX', ${ALIVE_TTL})
 end
 local pttl = turnLeft
 if turnLeft <= 0 then pttl = redis.call('pttl', KEYS[1]) end
 if ARGV[4] == '' then
-  local fence = redis.call('get', KEYS[3])
+  local fence = redis.call('get', KEYS[4])
   return {0, pttl, fence and string.match(fence, '^(%d+):') or ''}
 end
 return {0, pttl}
@@ -362,7 +374,8 @@ return existed
 /**
  * KEYS: lock, signal, queue, fence, turn. ARGV: signal expiry, process of
  * the caller ("" if none), up to two entries the caller may have queued (""
- * if none), "1" when the caller took a wake-up from the signal list.
+ * if none), the wake-up the caller took from the signal list ("" if none:
+ * "1" python's, "2" a racers' turn's).
  * Looks at the lock for a waiting process: when it is free, lets it go (to
  * the first queued waiter alive, or leaves python's wake-up), unless a
  * racers' turn is open: then a wake-up the caller took is put back. When one
@@ -375,13 +388,13 @@ return existed
 export const INSPECT = `
 ${EFFECTS}
 local state, pttl = 0, -2
-${turnState(5, 2, 3)}
+${turnState(5, 2, 3, "ARGV[5] == '2'")}
 if redis.call('exists', KEYS[1]) == 1 then
   pttl = redis.call('pttl', KEYS[1])
 elseif turn == 'open' then
   state, pttl = 3, turnLeft
-  if ARGV[5] == '1' then
-    redis.call('lpush', KEYS[2], 2)
+  if ARGV[5] ~= '' then
+    redis.call('lpush', KEYS[2], ARGV[5])
     redis.call('pexpire', KEYS[2], ${TURN + TURN_QUIET})
   end
 else

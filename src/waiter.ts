@@ -68,6 +68,8 @@ export class Waiter implements WaiterContext {
   readonly control: OwnedConnection;
   readonly #wakeKey = WAKE_PREFIX + this.process;
   readonly #names = new Map<string, NameWaits>();
+  /** Names waited for lately, and when their waits ended. */
+  readonly #lately = new Map<string, number>();
   /** Tickets that may receive a hand-over, and their names. */
   readonly #tickets = new Map<string, NameWaits>();
   readonly #pop: BlockingPop;
@@ -90,7 +92,7 @@ export class Waiter implements WaiterContext {
         popped: (key, value, signalExpire) =>
           key === this.#wakeKey
             ? this.#onWake(value)
-            : this.#onSignal(key, signalExpire),
+            : this.#onSignal(key, value, signalExpire),
         empty: (sentAt) => this.#emptyAt = Math.max(this.#emptyAt, sentAt),
         recovered: () => this.#checkAll(),
         failed: (error) => {
@@ -137,9 +139,18 @@ export class Waiter implements WaiterContext {
     return wait.promise;
   }
 
-  /** Whether any wait of this process is for the lock `name`. */
+  /**
+   * Whether this process waits for the lock `name`, or did within the last
+   * `IDLE` ms: then its next acquire goes straight to the waiter, which
+   * tries the lock and queues in one round trip.
+   */
   waitsFor(name: string): boolean {
-    return this.#names.has(name);
+    if (this.#names.has(name)) return true;
+    const ended = this.#lately.get(name);
+    if (ended === undefined) return false;
+    if (now() - ended < IDLE) return true;
+    this.#lately.delete(name);
+    return false;
   }
 
   /** A timeout while Redis cannot be reached is an error that says so. */
@@ -171,7 +182,15 @@ export class Waiter implements WaiterContext {
   }
 
   forget(waits: NameWaits): void {
-    if (this.#names.get(waits.name) === waits) this.#names.delete(waits.name);
+    if (this.#names.get(waits.name) !== waits) return;
+    this.#names.delete(waits.name);
+    const at = now();
+    if (this.#lately.size >= 256) {
+      for (const [name, ended] of this.#lately) {
+        if (at - ended >= IDLE) this.#lately.delete(name);
+      }
+    }
+    this.#lately.set(waits.name, at);
     if (this.#names.size === 0) this.#idleSoon();
   }
 
@@ -204,11 +223,11 @@ export class Waiter implements WaiterContext {
    * A release of python-redis-lock (or a reset) left a wake-up for a name.
    * A name nobody here waits for any more gets it back.
    */
-  #onSignal(key: string, signalExpire: number): void {
+  #onSignal(key: string, value: string, signalExpire: number): void {
     const name = key.slice(SIGNAL_PREFIX.length);
     const waits = this.#names.get(name);
     if (waits?.listens) {
-      waits.signalled();
+      waits.signalled(value);
       return;
     }
     this.#send(
@@ -216,7 +235,7 @@ export class Waiter implements WaiterContext {
         "",
         "",
         "",
-        "1",
+        value,
       ]),
     );
   }
