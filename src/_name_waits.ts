@@ -557,13 +557,19 @@ export class NameWaits {
       return;
     }
     this.#retire(ticket);
-    this.#presence = status === 3
-      ? {
-        kind: "handed",
-        wait: next!,
-        acquisition: { token, since: sentAt, initial: next!.handOverExpire },
-      }
-      : NONE;
+    this.#passedTo(status === 3 ? next : undefined, token, sentAt);
+  }
+
+  /**
+   * After a CANCEL that may have passed the lock on: held by `next` (with
+   * `token`, from `since`), or nothing of the process left.
+   */
+  #passedTo(next: Wait | undefined, token: number, since: number): void {
+    this.#presence = next === undefined ? NONE : {
+      kind: "handed",
+      wait: next,
+      acquisition: { token, since, initial: next.handOverExpire },
+    };
   }
 
   /**
@@ -586,13 +592,7 @@ export class NameWaits {
       this.signalExpire,
       ["", nextEntry, wait.request.id],
     ) as [number, number];
-    this.#presence = status === 3
-      ? {
-        kind: "handed",
-        wait: next!,
-        acquisition: { token, since: sentAt, initial: next!.handOverExpire },
-      }
-      : NONE;
+    this.#passedTo(status === 3 ? next : undefined, token, sentAt);
   }
 
   /** Takes a lock found handed to `wait` without its wake-up. */

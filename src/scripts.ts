@@ -101,6 +101,15 @@ if entry then
 end
 `;
 
+/** Statements that set the lock's expiry to ARGV[2] ms ("": none). */
+const SET_EXPIRY = `
+if ARGV[2] == '' then
+  redis.call('persist', KEYS[1])
+else
+  redis.call('pexpire', KEYS[1], ARGV[2])
+end
+`;
+
 /** Statements that leave one wake-up in the signal list (python's way). */
 const SIGNAL = `
 redis.call('del', KEYS[2])
@@ -312,11 +321,7 @@ export const KEEP = `
 if redis.call('get', KEYS[1]) ~= ARGV[1] then
   return 1
 end
-if ARGV[2] == '' then
-  redis.call('persist', KEYS[1])
-else
-  redis.call('pexpire', KEYS[1], ARGV[2])
-end
+${SET_EXPIRY}
 return 0
 `;
 
@@ -349,11 +354,7 @@ ${EFFECTS}
 if redis.call('get', KEYS[1]) ~= ARGV[1] then
   return {1}
 end
-if ARGV[2] == '' then
-  redis.call('persist', KEYS[1])
-else
-  redis.call('pexpire', KEYS[1], ARGV[2])
-end
+${SET_EXPIRY}
 ${draw(2)}
 return {0, token}
 `;

@@ -97,3 +97,12 @@ export async function clientIds(raw: RespClient): Promise<string[]> {
   const list = String(await raw.command("CLIENT", "LIST"));
   return [...list.matchAll(/\bid=(\d+)/g)].map((match) => match[1]);
 }
+
+/** Resolves with `performance.now()` when the signal aborts. */
+export function abortedAt(signal: AbortSignal): Promise<number> {
+  return new Promise((resolve) =>
+    signal.addEventListener("abort", () => resolve(performance.now()), {
+      once: true,
+    })
+  );
+}

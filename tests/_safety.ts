@@ -18,7 +18,7 @@
  */
 
 import assert from "node:assert/strict";
-import { denoScript } from "./_deno.ts";
+import { denoScript, readJsonLines } from "./_deno.ts";
 import type { RespClient } from "./_resp.ts";
 import type { RedisServer } from "./_server.ts";
 
@@ -100,7 +100,11 @@ export class SafetyRun {
         String(options.expire),
         String(options.hold),
       ], { stdin: "piped", stdout: "piped", stderr: "inherit" }).spawn();
-      run.#workers.push({ child, reading: run.#read(child), paused: [] });
+      run.#workers.push({
+        child,
+        reading: readJsonLines(child.stdout, run.events),
+        paused: [],
+      });
     }
     await run.until(
       () =>
@@ -110,19 +114,6 @@ export class SafetyRun {
     );
     await run.until(() => run.acquisitions().length > 0, "a first holder");
     return run;
-  }
-
-  async #read(child: Deno.ChildProcess): Promise<void> {
-    let rest = "";
-    for await (
-      const chunk of child.stdout.pipeThrough(new TextDecoderStream())
-    ) {
-      const lines = (rest + chunk).split("\n");
-      rest = lines.pop()!;
-      for (const line of lines) {
-        if (line.trim() !== "") this.events.push(JSON.parse(line));
-      }
-    }
   }
 
   /** Resolves once `check` holds; fails after `ms`. */
@@ -149,6 +140,18 @@ export class SafetyRun {
       }
     }
     return undefined;
+  }
+
+  /** Whether `worker` was told that its holding with `token` was lost. */
+  told(worker: number, token: number | undefined): boolean {
+    return this.events.some((e) =>
+      e.worker === worker && e.token === token && e.type === "told"
+    );
+  }
+
+  /** The token of the latest acquisition of `worker`. */
+  tokenOf(worker: number): number | undefined {
+    return this.#lastToken(worker);
   }
 
   /** Waits for a holder, and a write of it, and returns it. */

@@ -130,6 +130,25 @@ export async function runScenario(
   assert.deepEqual(left, [], "no lock is left behind");
 }
 
+/**
+ * Runs every scenario in turn with a runner, printing `ok <name>` or
+ * `FAILED <name>: <error>` for each: for the suites that run under another
+ * runtime (Bun, Node). Returns how many failed.
+ */
+export async function runAll(runner: Runner): Promise<number> {
+  let failed = 0;
+  for (const { scenario, index, fair, name } of runs()) {
+    try {
+      await runScenario(scenario, index, runner, fair);
+      console.log(`ok ${name}`);
+    } catch (error) {
+      failed++;
+      console.log(`FAILED ${name}: ${(error as Error).stack ?? error}`);
+    }
+  }
+  return failed;
+}
+
 /** Resolves once `lock-queue:<name>` holds at least `count` waiters. */
 export async function queued(
   ctx: Pick<Context, "raw">,

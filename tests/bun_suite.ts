@@ -6,7 +6,7 @@
 
 // @ts-ignore: the "bun" module exists only under Bun.
 import { RedisClient } from "bun";
-import { runs, runScenario } from "./_scenarios.ts";
+import { runAll, runs } from "./_scenarios.ts";
 
 interface BunRedis {
   send(command: string, args: string[]): Promise<unknown>;
@@ -22,23 +22,14 @@ const open = async (): Promise<BunRedis> => {
 };
 
 const raw = await open();
-let failed = 0;
+const failed = await runAll({
+  async open() {
+    const client = await open();
+    return [client, () => Promise.resolve(client.close())] as const;
+  },
+  raw: (command, args) => raw.send(command, args),
+});
 const all = runs();
-for (const { scenario, index, fair, name } of all) {
-  try {
-    await runScenario(scenario, index, {
-      async open() {
-        const client = await open();
-        return [client, () => Promise.resolve(client.close())] as const;
-      },
-      raw: (command, args) => raw.send(command, args),
-    }, fair);
-    console.log(`ok ${name}`);
-  } catch (error) {
-    failed++;
-    console.log(`FAILED ${name}: ${(error as Error).stack ?? error}`);
-  }
-}
 raw.close();
 console.log(`${all.length - failed} passed, ${failed} failed`);
 process.exit(failed === 0 ? 0 : 1);

@@ -64,15 +64,34 @@ function progressBound(hold: number): number {
   return WORKERS * (hold + 200) + EXPIRE + 2_000;
 }
 
+/**
+ * The end of every scenario: every worker acquires after `from` (the
+ * fault), the workers stop, the checker finds nothing wrong (errors from
+ * Redis allowed from `errorsFrom` on), and nothing is left in Redis.
+ */
+async function finish(
+  env: FaultBed,
+  run: SafetyRun,
+  name: string,
+  from: number,
+  { hold = HOLD, errorsFrom, note = "" }: {
+    hold?: number;
+    errorsFrom?: number;
+    note?: string;
+  } = {},
+): Promise<void> {
+  await run.progressed(from, progressBound(hold));
+  await run.stop();
+  console.log(`${note}${run.check({ errorsFrom })}`);
+  await nothingLeft(env.raw(), name);
+}
+
 Deno.test("safety: no faults", async () => {
   await using env = await faultBed();
   const run = await env.start("calm");
   const started = now();
   await delay(RUN);
-  await run.progressed(started, progressBound(HOLD));
-  await run.stop();
-  console.log(run.check());
-  await nothingLeft(env.raw(), "calm");
+  await finish(env, run, "calm", started);
 });
 
 Deno.test("safety: SIGKILL of the holder", async () => {
@@ -89,21 +108,16 @@ Deno.test("safety: SIGKILL of the holder", async () => {
   const waited = run.acquisitions(killedAt)[0].at - killedAt;
   assert.ok(waited <= EXPIRE + 1_000, `next holder after ${waited} ms`);
   await delay(RUN);
-  await run.progressed(killedAt, progressBound(HOLD));
-  await run.stop();
-  console.log(
-    `next holder ${Math.round(waited)} ms after the kill; ${run.check()}`,
-  );
-  await nothingLeft(env.raw(), "killed");
+  await finish(env, run, "killed", killedAt, {
+    note: `next holder ${Math.round(waited)} ms after the kill; `,
+  });
 });
 
 Deno.test("safety: SIGSTOP of the holder past its expiry", async () => {
   await using env = await faultBed();
   const run = await env.start("paused");
   const holder = await run.holding();
-  const token =
-    run.events.findLast((e) => e.worker === holder && e.type === "acquired")!
-      .token;
+  const token = run.tokenOf(holder);
   const pausedAt = now();
   await run.pause(holder, EXPIRE * 2.5);
   const resumedAt = now();
@@ -112,18 +126,12 @@ Deno.test("safety: SIGSTOP of the holder past its expiry", async () => {
     "another holder acquired during the pause",
   );
   await run.until(
-    () =>
-      run.events.some((e) =>
-        e.worker === holder && e.type === "told" && e.token === token
-      ),
+    () => run.told(holder, token),
     "the paused holder is told once it runs again",
     2_000,
   );
   await delay(RUN);
-  await run.progressed(resumedAt, progressBound(HOLD));
-  await run.stop();
-  console.log(run.check());
-  await nothingLeft(env.raw(), "paused");
+  await finish(env, run, "paused", resumedAt);
 });
 
 Deno.test("safety: CLIENT KILL of the waiting connections", async () => {
@@ -140,10 +148,9 @@ Deno.test("safety: CLIENT KILL of the waiting connections", async () => {
     await delay(150);
   }
   assert.ok(killed > 0, "waiting connections were killed");
-  await run.progressed(now(), progressBound(HOLD));
-  await run.stop();
-  console.log(`${killed} killed; ${run.check()}`);
-  await nothingLeft(env.raw(), "client-kill");
+  await finish(env, run, "client-kill", now(), {
+    note: `${killed} connections killed; `,
+  });
 });
 
 Deno.test("safety: Redis restart without persistence", async () => {
@@ -152,24 +159,17 @@ Deno.test("safety: Redis restart without persistence", async () => {
   const hold = EXPIRE * 1.5;
   const run = await env.start("restart-empty", EXPIRE, hold);
   const holder = await run.holding();
-  const token =
-    run.events.findLast((e) => e.worker === holder && e.type === "acquired")!
-      .token;
+  const token = run.tokenOf(holder);
   await delay(EXPIRE / 3 + 50); // right after a renewal
   const restartedAt = now();
   await env.raw().close();
   await env.lockServer.restart();
   await env.reconnect();
-  await run.progressed(now(), progressBound(hold));
-  await run.stop();
-  assert.ok(
-    run.events.some((e) =>
-      e.worker === holder && e.token === token && e.type === "told"
-    ),
-    "the holder was told",
-  );
-  console.log(run.check({ errorsFrom: restartedAt }));
-  await nothingLeft(env.raw(), "restart-empty");
+  await finish(env, run, "restart-empty", now(), {
+    hold,
+    errorsFrom: restartedAt,
+  });
+  assert.ok(run.told(holder, token), "the holder was told");
 });
 
 Deno.test("safety: Redis restart with appendfsync always", async () => {
@@ -183,16 +183,16 @@ Deno.test("safety: Redis restart with appendfsync always", async () => {
   const hold = 1_500;
   const run = await env.start("restart-kept", 5_000, hold);
   const holder = await run.holding();
-  const token =
-    run.events.findLast((e) => e.worker === holder && e.type === "acquired")!
-      .token;
+  const token = run.tokenOf(holder);
   const restartedAt = now();
   await env.raw().close();
   await env.lockServer.kill();
   await env.lockServer.restart();
   await env.reconnect();
-  await run.progressed(now(), progressBound(hold));
-  await run.stop();
+  await finish(env, run, "restart-kept", now(), {
+    hold,
+    errorsFrom: restartedAt,
+  });
   assert.deepEqual(
     run.events.filter((e) => e.type === "told"),
     [],
@@ -205,8 +205,6 @@ Deno.test("safety: Redis restart with appendfsync always", async () => {
     ),
     "the holder went on writing after the restart",
   );
-  console.log(run.check({ errorsFrom: restartedAt }));
-  await nothingLeft(env.raw(), "restart-kept");
 });
 
 Deno.test("safety: DEBUG SLEEP past the renewal margin", async () => {
@@ -214,20 +212,10 @@ Deno.test("safety: DEBUG SLEEP past the renewal margin", async () => {
   const hold = EXPIRE * 1.5;
   const run = await env.start("slept", EXPIRE, hold);
   const holder = await run.holding();
-  const token =
-    run.events.findLast((e) => e.worker === holder && e.type === "acquired")!
-      .token;
+  const token = run.tokenOf(holder);
   await delay(EXPIRE / 3 + 50); // right after a renewal
   // Longer than the two thirds of the expiry that a renewal leaves.
   await env.raw().command("DEBUG", "SLEEP", (EXPIRE * 1.5) / 1000);
-  await run.progressed(now(), progressBound(hold));
-  await run.stop();
-  assert.ok(
-    run.events.some((e) =>
-      e.worker === holder && e.token === token && e.type === "told"
-    ),
-    "the holder was told",
-  );
-  console.log(run.check());
-  await nothingLeft(env.raw(), "slept");
+  await finish(env, run, "slept", now(), { hold });
+  assert.ok(run.told(holder, token), "the holder was told");
 });

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { Redis } from "ioredis";
 import { acquire, Lock, LockError, LockLostError } from "../mod.ts";
-import { bed, eventually } from "./_bed.ts";
+import { abortedAt, bed, eventually } from "./_bed.ts";
 import { RespClient } from "./_resp.ts";
 import { RedisServer } from "./_server.ts";
 
@@ -89,15 +89,6 @@ async function withEarlyTimers<T>(early: number, fn: () => Promise<T>) {
   } finally {
     globalThis.setTimeout = original;
   }
-}
-
-/** Resolves with `performance.now()` when the signal aborts. */
-function abortedAt(signal: AbortSignal): Promise<number> {
-  return new Promise((resolve) =>
-    signal.addEventListener("abort", () => resolve(performance.now()), {
-      once: true,
-    })
-  );
 }
 
 Deno.test("a shortening extend() whose reply is lost aborts the signal when Redis may drop the key", async () => {

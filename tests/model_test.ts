@@ -24,7 +24,7 @@ import fc from "fast-check";
 import { Redis } from "ioredis";
 import { Lock, shutdown } from "../mod.ts";
 import { close, delay, eventually } from "./_bed.ts";
-import { denoScript } from "./_deno.ts";
+import { denoScript, readJsonLines } from "./_deno.ts";
 import { RespClient } from "./_resp.ts";
 import { RedisServer } from "./_server.ts";
 
@@ -126,18 +126,7 @@ class Worker {
     ).spawn();
     this.child = child;
     this.#writer = child.stdin.getWriter();
-    this.reading = (async () => {
-      let rest = "";
-      for await (
-        const chunk of child.stdout.pipeThrough(new TextDecoderStream())
-      ) {
-        const lines = (rest + chunk).split("\n");
-        rest = lines.pop()!;
-        for (const line of lines) {
-          if (line !== "") events.push(JSON.parse(line));
-        }
-      }
-    })();
+    this.reading = readJsonLines(child.stdout, events);
   }
 
   send(command: Record<string, unknown>): Promise<void> {

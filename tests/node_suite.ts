@@ -6,7 +6,7 @@
  */
 
 import { Redis } from "ioredis";
-import { runs, runScenario } from "./_scenarios.ts";
+import { runAll, runs } from "./_scenarios.ts";
 
 const url = process.argv[2];
 const open = async (): Promise<Redis> => {
@@ -16,23 +16,14 @@ const open = async (): Promise<Redis> => {
 };
 
 const raw = await open();
-let failed = 0;
+const failed = await runAll({
+  async open() {
+    const client = await open();
+    return [client, () => client.quit()] as const;
+  },
+  raw: (command, args) => raw.call(command, ...args),
+});
 const all = runs();
-for (const { scenario, index, fair, name } of all) {
-  try {
-    await runScenario(scenario, index, {
-      async open() {
-        const client = await open();
-        return [client, () => client.quit()] as const;
-      },
-      raw: (command, args) => raw.call(command, ...args),
-    }, fair);
-    console.log(`ok ${name}`);
-  } catch (error) {
-    failed++;
-    console.log(`FAILED ${name}: ${(error as Error).stack ?? error}`);
-  }
-}
 await raw.quit();
 console.log(
   `node ${process.version}: ${all.length - failed} passed, ${failed} failed`,

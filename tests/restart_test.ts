@@ -7,17 +7,8 @@
 
 import assert from "node:assert/strict";
 import { acquire, Lock, LockLostError } from "../mod.ts";
-import { bed, delay } from "./_bed.ts";
+import { abortedAt, bed, delay } from "./_bed.ts";
 import { queued } from "./_scenarios.ts";
-
-/** Resolves with `performance.now()` when the signal aborts. */
-function abortedAt(signal: AbortSignal): Promise<number> {
-  return new Promise((resolve) =>
-    signal.addEventListener("abort", () => resolve(performance.now()), {
-      once: true,
-    })
-  );
-}
 
 Deno.test("fencing tokens never go back, even when a restart loses the counter", async () => {
   await using env = await bed();
