@@ -17,7 +17,7 @@
 
 import type { Connection } from "./clients.ts";
 import { classify } from "./_failure.ts";
-import { OwnedConnection } from "./_owned_connection.ts";
+import { OwnedConnection, sleep } from "./_owned_connection.ts";
 
 /** The value pushed to a wake list to interrupt its `BLPOP`. */
 export const INTERRUPT = "!";
@@ -39,8 +39,12 @@ export interface PopOwner {
    * later was pushed after `sentAt`.
    */
   empty(sentAt: number): void;
-  /** The connection answers again after failing: look at every name again. */
-  recovered(): void;
+  /**
+   * The connection answers again after failing: look at every name again,
+   * and at the signal lists `keys` the failed `BLPOP` covered (a wake-up it
+   * popped went with the lost reply).
+   */
+  recovered(keys: readonly string[]): void;
   /** The connection failed for good (a client that cannot open one, say). */
   failed(error: unknown): void;
   /** Interrupts the running `BLPOP` (by pushing to the wake list). */
@@ -54,6 +58,10 @@ interface Running {
 }
 
 const now = () => performance.now();
+
+/** Backoff after an error reply (Redis loading, busy, refusing), in ms. */
+const BACKOFF_MIN = 25;
+const BACKOFF_MAX = 1_000;
 
 /** The waiting connection of a client and its one `BLPOP`. */
 export class BlockingPop {
@@ -90,6 +98,11 @@ export class BlockingPop {
     return this.#connection.isOpen;
   }
 
+  /** Whether the `BLPOP` loop runs (a `BLPOP` may be on its way). */
+  get running(): boolean {
+    return this.#loop !== undefined;
+  }
+
   /** Since when the connection has been failing, if it is. */
   get failing(): { since: number; error: unknown } | undefined {
     return this.#connection.failing;
@@ -118,21 +131,24 @@ export class BlockingPop {
   }
 
   async #run(): Promise<void> {
-    let failed = false;
+    /** The signal lists of the `BLPOP`s that failed since the last answer. */
+    let failedKeys: string[] | undefined;
+    let failures = 0;
     for (;;) {
       const wanted = this.#owner.wanted();
       if (this.#closed || wanted === undefined) return;
-      if (failed) {
+      if (failedKeys !== undefined) {
         // A quick answer tells that the connection is back before a BLPOP
         // would (it blocks up to its timeout).
         try {
           await this.#connection.send("PING", []);
         } catch (error) {
-          if (this.#stop(error)) return;
+          if (await this.#failed(error, ++failures)) return;
           continue;
         }
-        failed = false;
-        this.#owner.recovered();
+        this.#owner.recovered(failedKeys);
+        failedKeys = undefined;
+        failures = 0;
         continue;
       }
       const running: Running = {
@@ -150,18 +166,36 @@ export class BlockingPop {
         ]);
       } catch (error) {
         this.#running = undefined;
-        if (this.#stop(error)) return;
-        failed = true;
+        failedKeys = [...wanted.keys()];
+        if (await this.#failed(error, ++failures)) return;
         continue;
       }
       this.#running = undefined;
-      if (this.#closed) return;
+      // Delivered even when closing: a wake-up taken must be used or put back.
       const [key, value] = (reply ?? []) as string[];
       if (key !== this.#wakeKey) this.#owner.empty(running.sentAt);
       if (key !== undefined) {
         this.#owner.popped(key, value, wanted.get(key) ?? 1000);
       }
     }
+  }
+
+  /**
+   * After a failed command: whether the loop stops (closed, or failed for
+   * good); else it waits a backoff that grows with the failures in a row
+   * (the connection's own backoff covers reconnecting; this one, error
+   * replies such as LOADING that come back at once).
+   */
+  async #failed(error: unknown, failures: number): Promise<boolean> {
+    if (this.#stop(error)) return true;
+    if (classify(error) !== "connection") {
+      const backoff = Math.min(
+        BACKOFF_MAX,
+        BACKOFF_MIN * 2 ** Math.min(failures - 1, 10),
+      );
+      await sleep(backoff * (0.8 + Math.random() * 0.4));
+    }
+    return this.#closed;
   }
 
   /** Whether the loop stops on this failure: closed, or failed for good. */

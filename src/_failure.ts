@@ -27,6 +27,8 @@ const TRANSIENT = new Set([
   "READONLY",
   "NOREPLICAS",
   "MISCONF",
+  // A blocked command ended by a failover (the master became a replica).
+  "UNBLOCKED",
 ]);
 
 /**

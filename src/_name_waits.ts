@@ -59,8 +59,6 @@ export interface WaiterContext {
   readonly process: string;
   /** What the process knows of the server's lock data. */
   readonly view: ServerView;
-  /** Sent time of the latest `BLPOP` that found the wake list empty. */
-  readonly emptyAt: number;
   /**
    * Whether the waiter has stopped cleaning up (a shutdown that Redis did
    * not answer in time): the driver ends at once.
@@ -74,6 +72,8 @@ export interface WaiterContext {
   retire(ticket: string): void;
   /** The `BLPOP` should cover what the waits now want. */
   pump(): void;
+  /** Puts a wake-up taken from a signal list back (when the lock is free). */
+  putBack(keys: LockKeys, signalExpire: number, value: string): void;
   /** The name has nothing left, in the process or in Redis. */
   forget(waits: NameWaits): void;
 }
@@ -132,8 +132,11 @@ export class NameWaits {
   readonly waits: Wait[] = [];
   #presence: Presence = NONE;
   readonly #context: WaiterContext;
-  /** Hand-overs received, by ticket, not yet applied. */
-  readonly #mail = new Map<string, number>();
+  /**
+   * Hand-overs received, by ticket, not yet applied, with the time before
+   * which each certainly had not happened (`performance.now()`).
+   */
+  readonly #mail = new Map<string, { token: number; notBefore: number }>();
   #checkDue = false;
   /** The wake-up taken from the signal list for this name ("" if none). */
   #wakeUp = "";
@@ -216,9 +219,13 @@ export class NameWaits {
     this.check();
   }
 
-  /** A hand-over arrived for `ticket`. */
-  mail(ticket: string, token: number): void {
-    this.#mail.set(ticket, token);
+  /**
+   * A hand-over arrived for `ticket`; it happened after `notBefore`
+   * (`performance.now()`: when the last `BLPOP` that found the wake list
+   * empty was sent).
+   */
+  mail(ticket: string, token: number, notBefore: number): void {
+    this.#mail.set(ticket, { token, notBefore });
     this.poke();
   }
 
@@ -280,10 +287,23 @@ export class NameWaits {
     const presence = this.#presence;
     const at = now();
     if (at < this.#retryAt) return this.#wakeAt(this.#retryAt);
+    // A wake-up taken from the signal list is used by the next look at the
+    // lock (queued) or race (armed); on any other way it goes back, for the
+    // racers it may have been meant for.
+    const looks = this.#checkDue &&
+      (presence.kind === "queued" || presence.kind === "armed") &&
+      presence.wait.wants;
+    if (!looks) this.#giveBackWakeUp();
     switch (presence.kind) {
       case "handed": {
         const { wait, acquisition } = presence;
         if (!wait.wants) return () => this.#passOn(wait);
+        const { since, initial } = acquisition;
+        // Handed over long ago (a busy process, a slow reply): the lock may
+        // have little life left, so it is claimed anew before it counts.
+        if (initial !== undefined && at - since > initial / 3) {
+          return () => this.#claim(wait);
+        }
         this.#presence = NONE;
         wait.resolve(acquisition);
         return this.#decide();
@@ -333,19 +353,26 @@ export class NameWaits {
   #applyMail(): void {
     const presence = this.#presence;
     if (presence.kind !== "queued") return;
-    const token = this.#mail.get(presence.ticket);
-    if (token === undefined) return;
+    const mail = this.#mail.get(presence.ticket);
+    if (mail === undefined) return;
     this.#retire(presence.ticket);
     const { wait } = presence;
     this.#presence = {
       kind: "handed",
       wait,
       acquisition: {
-        token,
-        since: Math.max(presence.since, this.#context.emptyAt),
+        token: mail.token,
+        since: Math.max(presence.since, mail.notBefore),
         initial: wait.handOverExpire,
       },
     };
+  }
+
+  /** Gives a wake-up this driver took and will not use back to the list. */
+  #giveBackWakeUp(): void {
+    if (this.#wakeUp === "") return;
+    this.#context.putBack(this.keys, this.signalExpire, this.#wakeUp);
+    this.#wakeUp = "";
   }
 
   #retire(ticket: string | undefined): void {
@@ -502,18 +529,15 @@ export class NameWaits {
       this.#presence = NONE;
       return;
     }
-    const token = ticket === undefined ? undefined : this.#mail.get(ticket);
+    const mail = ticket === undefined ? undefined : this.#mail.get(ticket);
     this.#retire(ticket);
     const { wait } = holder;
-    this.#presence = token === undefined ? { kind: "owned", wait } : {
+    this.#presence = mail === undefined ? { kind: "owned", wait } : {
       kind: "handed",
       wait,
       acquisition: {
-        token,
-        since: Math.max(
-          presence.kind === "queued" ? presence.since : 0,
-          this.#context.emptyAt,
-        ),
+        token: mail.token,
+        since: mail.notBefore,
         initial: wait.handOverExpire,
       },
     };

@@ -83,15 +83,25 @@ export class OwnedConnection {
   async send(command: string, args: readonly string[]): Promise<Reply> {
     if (this.#closed) throw new Error("Connection closed by the lock");
     this.#inFlight++;
-    const open = this.#connection();
     try {
-      const reply = await (await open).send(command, args);
-      this.#failures = 0;
-      this.#failingSince = undefined;
-      return reply;
-    } catch (error) {
-      if (classify(error) === "connection") this.#fail(open, error);
-      throw error;
+      const open = this.#connection();
+      let connection: Connection;
+      try {
+        connection = await open;
+      } catch (error) {
+        // Whatever stopped the opening, the next command tries anew.
+        this.#fail(open, error);
+        throw error;
+      }
+      try {
+        const reply = await connection.send(command, args);
+        this.#failures = 0;
+        this.#failingSince = undefined;
+        return reply;
+      } catch (error) {
+        if (classify(error) === "connection") this.#fail(open, error);
+        throw error;
+      }
     } finally {
       this.#inFlight--;
     }

@@ -29,6 +29,7 @@ import {
 import type { LockOptions } from "./options.ts";
 import {
   ACQUIRE,
+  CLAIM,
   EXTEND,
   KEEP,
   RELEASE,
@@ -38,6 +39,7 @@ import {
 } from "./scripts.ts";
 import { type Acquisition, type Waiter, waiterOf } from "./waiter.ts";
 import { type ServerView, viewOf } from "./_server_view.ts";
+import { classify } from "./_failure.ts";
 
 const acquireScript = new Script(ACQUIRE, (keys) => keys.all);
 const releaseScript = new Script(RELEASE, (keys) => keys.all);
@@ -45,6 +47,7 @@ const extendScript = new Script(EXTEND, (keys) => keys.onlyLock);
 const keepScript = new Script(KEEP, (keys) => keys.onlyLock);
 const renewScript = new Script(RENEW, (keys) => keys.onlyLock);
 const resetScript = new Script(RESET, (keys) => keys.all);
+const claimScript = new Script(CLAIM, (keys) => keys.forClaim);
 
 /** 18 random bytes in base64, as python-redis-lock makes its ids. */
 function randomId(): string {
@@ -63,6 +66,32 @@ function attempt<T>(
       cause: error,
     });
   });
+}
+
+/**
+ * Resets a lock: deletes it whoever holds it, and lets it go as a release
+ * does. The holder is read first and the reset applies to that holder only,
+ * so that a reset that a client runs twice (re-sent after a lost reply) does
+ * not take the lock from the waiter the first run handed it to; if the
+ * holder changes in between, it is read again. Resolves whether there was a
+ * lock.
+ */
+export async function resetLock(
+  connection: Connection,
+  keys: LockKeys,
+  signalExpire: number,
+): Promise<boolean> {
+  for (let attempt = 0;; attempt++) {
+    const holder = await connection.send("GET", [keys.lock]);
+    const [status] = await resetScript.handOver(
+      connection,
+      keys,
+      signalExpire,
+      [holder === null ? "" : String(holder)],
+    ) as [number];
+    // The lock changed hands by itself: the holder meant to go has gone.
+    if (status !== 2 || attempt === 2) return status === 1;
+  }
 }
 
 /**
@@ -135,6 +164,8 @@ export class Lock implements AsyncDisposable {
   #lease: Lease | undefined;
   /** Set while an `acquire()` of this instance is on its way. */
   #acquiring = false;
+  /** Whether the id is this instance's own making (random). */
+  readonly #ownId: boolean;
 
   /**
    * Creates a lock. Nothing is sent to Redis.
@@ -153,6 +184,7 @@ export class Lock implements AsyncDisposable {
     this.#connection = toConnection(client);
     this.#keys = lockKeys(this.name);
     this.id = valid.id ?? randomId();
+    this.#ownId = valid.id === undefined;
     this.#expire = valid.expire;
     this.#autoRenewal = valid.autoRenewal;
     this.#signalExpire = valid.signalExpire;
@@ -290,11 +322,12 @@ export class Lock implements AsyncDisposable {
       }
       if (acquisition === undefined) return false;
       const { initial, since } = acquisition;
-      if (initial === undefined || performance.now() - since <= initial / 3) {
+      // The waiter claims a hand-over that sat long; only a process stalled
+      // right after that finds its holding already over: it lets go.
+      if (initial === undefined || performance.now() - since < initial) {
         return this.#take(acquisition, signal);
       }
-      const confirmed = await this.#confirm(acquisition);
-      if (confirmed !== undefined) return this.#take(confirmed, signal);
+      await this.#releaseQuietly();
     }
   }
 
@@ -318,7 +351,13 @@ export class Lock implements AsyncDisposable {
       token = reply;
     } else {
       const [status, value, epoch] = reply as [number, number, string];
-      if (status === 2) throw this.#alreadyHeld();
+      if (status === 2) {
+        // With an id of its own making, only this instance can hold the
+        // lock with it: a client that re-sent the acquire after a lost reply
+        // ran it twice, and the first run took the lock.
+        if (!this.#ownId) throw this.#alreadyHeld();
+        return this.#claimResent(signal);
+      }
       if (status === 3) {
         view.restarted(String(value), Number(epoch));
         return false;
@@ -340,6 +379,22 @@ export class Lock implements AsyncDisposable {
     return new AlreadyAcquiredError(
       `Lock '${this.name}' is already held with id '${this.id}'`,
     );
+  }
+
+  /** Takes a lock that a re-sent acquire of this instance set. */
+  async #claimResent(signal?: AbortSignal): Promise<boolean> {
+    const sentAt = performance.now();
+    const [status, token] = await attempt(
+      "acquire",
+      this.name,
+      () =>
+        claimScript.call(this.#connection, this.#keys, [
+          this.id,
+          this.#expire === undefined ? "" : String(this.#expire),
+        ]),
+    ) as [number, number];
+    if (status !== 0) return false;
+    return this.#take({ token, since: sentAt, initial: this.#expire }, signal);
   }
 
   /** One attempt, never queued: see ACQUIRE for the replies. */
@@ -371,21 +426,6 @@ export class Lock implements AsyncDisposable {
     );
   }
 
-  /**
-   * A hand-over that sat in the wake list for long (more than a third of
-   * its expiry) may leave the lock with little of it: then the expiry is set
-   * anew before the lock counts as taken. Resolves `undefined` if it has
-   * meanwhile expired.
-   */
-  async #confirm(acquisition: Acquisition): Promise<Acquisition | undefined> {
-    const sentAt = performance.now();
-    const { keep } = this.#keeper();
-    if (await attempt("acquire", this.name, () => keep(this.#expire))) {
-      return { ...acquisition, since: sentAt, initial: this.#expire };
-    }
-    return undefined;
-  }
-
   /** Starts holding; with the signal aborted meanwhile, releases instead. */
   #take(acquisition: Acquisition, signal?: AbortSignal): true | Promise<never> {
     if (signal?.aborted) {
@@ -407,13 +447,25 @@ export class Lock implements AsyncDisposable {
     return true;
   }
 
+  /**
+   * Releases if this id holds the lock, ignoring the outcome; tries again
+   * (a few times) when the reply is lost, since the lock may still be held.
+   */
   async #releaseQuietly(): Promise<void> {
-    await releaseScript.handOver(
-      this.#connection,
-      this.#keys,
-      this.#signalExpire,
-      [this.id],
-    ).catch(() => {});
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        await releaseScript.handOver(
+          this.#connection,
+          this.#keys,
+          this.#signalExpire,
+          [this.id],
+        );
+        return;
+      } catch (error) {
+        if (classify(error) === "permanent") return;
+        await new Promise((resolve) => setTimeout(resolve, 100 * 3 ** attempt));
+      }
+    }
   }
 
   /**
@@ -571,13 +623,7 @@ export class Lock implements AsyncDisposable {
     await attempt(
       "reset",
       this.name,
-      () =>
-        resetScript.handOver(
-          this.#connection,
-          this.#keys,
-          this.#signalExpire,
-          [],
-        ),
+      () => resetLock(this.#connection, this.#keys, this.#signalExpire),
     );
     this.#lease?.lose(`Lock '${this.name}' was reset`);
   }

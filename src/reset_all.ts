@@ -8,9 +8,7 @@ import { type RedisClient, toConnection } from "./clients.ts";
 import { LockError } from "./errors.ts";
 import { LOCK_PREFIX, lockKeys } from "./keys.ts";
 import { optionsObject, positiveInteger } from "./options.ts";
-import { RESET, Script } from "./scripts.ts";
-
-const resetScript = new Script(RESET, (keys) => keys.all);
+import { resetLock } from "./lock.ts";
 
 /** Options of {@linkcode resetAll}. */
 export interface ResetAllOptions {
@@ -65,12 +63,7 @@ export async function resetAll(
       cursor = String(next);
       for (const key of keys) {
         const name = key.slice(LOCK_PREFIX.length);
-        count += await resetScript.handOver(
-          connection,
-          lockKeys(name),
-          signalExpire,
-          [],
-        ) as number;
+        if (await resetLock(connection, lockKeys(name), signalExpire)) count++;
       }
     } while (cursor !== "0");
   } catch (error) {

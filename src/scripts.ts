@@ -360,16 +360,22 @@ return {0, token}
 `;
 
 /**
- * KEYS: lock, signal, queue, fence, turn. ARGV: signal expiry.
- * Deletes the lock whoever holds it, and lets it go as a release does
- * (python-redis-lock's RESET). Returns 1 when there was a lock, 0 when there
- * was none.
+ * KEYS: lock, signal, queue, fence, turn. ARGV: signal expiry, the holder's
+ * id the caller read ("" for none).
+ * If that is still the holder (or the lock is still free), deletes the lock
+ * and lets it go as a release does (python-redis-lock's RESET). Returns
+ * `{1}` when a lock was deleted, `{0}` when there was none, `{2}` when the
+ * holder is no longer the one read.
  */
 export const RESET = `
 ${EFFECTS}
-local existed = redis.call('exists', KEYS[1])
+local holder = redis.call('get', KEYS[1])
+if (holder or '') ~= ARGV[2] then
+  return {2}
+end
 ${LET_GO}
-return existed
+if holder then return {1} end
+return {0}
 `;
 
 /**
@@ -458,6 +464,16 @@ if ARGV[3] ~= '' then
 end
 ${LET_GO}
 return {1}
+`;
+
+/**
+ * KEYS: the process's wake list. ARGV: the interrupt value, expiry ms.
+ * Pushes the value that interrupts the process's `BLPOP`, and gives the
+ * list an expiry in the same step (a wake list never stays for ever).
+ */
+export const INTERRUPT = `
+redis.call('lpush', KEYS[1], ARGV[1])
+redis.call('pexpire', KEYS[1], ARGV[2])
 `;
 
 /** Anything that sends a command: a client's connection, or one of ours. */

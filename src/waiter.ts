@@ -24,19 +24,25 @@
 
 import { type Connection, type RedisClient, toConnection } from "./clients.ts";
 import { LockError } from "./errors.ts";
-import { lockKeys, SIGNAL_PREFIX, WAKE_PREFIX } from "./keys.ts";
-import { INSPECT, Script } from "./scripts.ts";
+import {
+  HAND_OVER_EXPIRE,
+  type LockKeys,
+  lockKeys,
+  SIGNAL_PREFIX,
+  WAKE_PREFIX,
+} from "./keys.ts";
+import { INSPECT, INTERRUPT as INTERRUPT_SCRIPT, Script } from "./scripts.ts";
 import { BlockingPop, INTERRUPT } from "./_blocking_pop.ts";
 import { NameWaits, type WaiterContext } from "./_name_waits.ts";
 import { OwnedConnection, sleep } from "./_owned_connection.ts";
 import { type ServerView, viewOf } from "./_server_view.ts";
 import { type Acquisition, Wait, type WaitRequest } from "./_wait.ts";
-import { HAND_OVER_EXPIRE } from "./keys.ts";
 import { unrefTimer } from "./_runtime.ts";
 
 export type { Acquisition, WaitRequest } from "./_wait.ts";
 
 const inspectScript = new Script(INSPECT, (keys) => keys.all);
+const interruptScript = new Script(INTERRUPT_SCRIPT, () => []);
 
 /** Seconds a `BLPOP` blocks, and the period of the waiter's look at its names. */
 const TICK = 1;
@@ -94,7 +100,7 @@ export class Waiter implements WaiterContext {
             ? this.#onWake(value)
             : this.#onSignal(key, value, signalExpire),
         empty: (sentAt) => this.#emptyAt = Math.max(this.#emptyAt, sentAt),
-        recovered: () => this.#checkAll(),
+        recovered: (keys) => this.#recovered(keys),
         failed: (error) => {
           for (const waits of this.#names.values()) waits.failAll(error);
         },
@@ -103,10 +109,6 @@ export class Waiter implements WaiterContext {
       this.#wakeKey,
       TICK,
     );
-  }
-
-  get emptyAt(): number {
-    return this.#emptyAt;
   }
 
   get abandoned(): boolean {
@@ -216,7 +218,11 @@ export class Waiter implements WaiterContext {
     const ticket = value.slice(0, colon);
     // A ticket no longer routed belongs to a presence already ended: the
     // driver that ended it passed on whatever was handed to it.
-    this.#tickets.get(ticket)?.mail(ticket, Number(value.slice(colon + 1)));
+    this.#tickets.get(ticket)?.mail(
+      ticket,
+      Number(value.slice(colon + 1)),
+      this.#emptyAt,
+    );
   }
 
   /**
@@ -230,8 +236,17 @@ export class Waiter implements WaiterContext {
       waits.signalled(value);
       return;
     }
+    this.putBack(lockKeys(name), signalExpire, value);
+  }
+
+  /**
+   * A look at a lock on behalf of nobody here: hands a free lock to the
+   * first queued waiter, or puts the wake-up `value` back (`""`: leaves one
+   * if the lock is free and nobody is queued).
+   */
+  putBack(keys: LockKeys, signalExpire: number, value: string): void {
     this.#send(
-      inspectScript.handOver(this.control, lockKeys(name), signalExpire, [
+      inspectScript.handOver(this.control, keys, signalExpire, [
         "",
         "",
         "",
@@ -240,11 +255,26 @@ export class Waiter implements WaiterContext {
     );
   }
 
+  /**
+   * The waiting connection answers again: every name is looked at, and so
+   * are the signal lists the failed `BLPOP` covered, whose wake-up may have
+   * been popped with a reply that was lost.
+   */
+  #recovered(keys: readonly string[]): void {
+    this.#checkAll();
+    for (const key of keys) {
+      const name = key.slice(SIGNAL_PREFIX.length);
+      if (!this.#names.get(name)?.listens) {
+        this.putBack(lockKeys(name), 1000, "");
+      }
+    }
+  }
+
   #interrupt(): void {
-    this.#send(this.control.send("LPUSH", [this.#wakeKey, INTERRUPT]));
-    this.#send(
-      this.control.send("PEXPIRE", [this.#wakeKey, String(HAND_OVER_EXPIRE)]),
-    );
+    this.#send(interruptScript.run(this.control, [this.#wakeKey], [
+      INTERRUPT,
+      String(HAND_OVER_EXPIRE),
+    ]));
   }
 
   /** A command no name owns: errors are ignored, shutdown waits for it. */
@@ -282,11 +312,16 @@ export class Waiter implements WaiterContext {
     if (this.#idleTimer !== undefined || this.#closed) return;
     this.#idleTimer = setTimeout(() => {
       this.#idleTimer = undefined;
-      if (this.#names.size > 0 || this.#loose.size > 0) return;
+      if (this.#names.size > 0) return; // their end brings another idle spell
+      if (this.#loose.size > 0 || this.#pop.running || !this.control.idle) {
+        // The last BLPOP or command is still on its way: look again later.
+        this.#idleSoon();
+        return;
+      }
       clearTimeout(this.#tickTimer);
       this.#tickTimer = undefined;
       void this.#pop.closeIfIdle();
-      if (this.control.idle) void this.control.close();
+      void this.control.close();
     }, IDLE);
     unrefTimer(this.#idleTimer);
   }
@@ -312,11 +347,12 @@ export class Waiter implements WaiterContext {
       ...this.#loose,
     ]).then(() => {});
     await sleep(SHUTDOWN_TIMEOUT, { promise: cleaned });
+    // Whatever Redis has not answered by now fails with the connections.
     this.#abandoned = true;
-    for (const waits of names) waits.poke();
-    await Promise.all(names.map((waits) => waits.drained));
     await this.#pop.close();
     await this.control.close(true);
+    for (const waits of names) waits.poke();
+    await Promise.all(names.map((waits) => waits.drained));
   }
 }
 
