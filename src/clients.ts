@@ -219,6 +219,8 @@ const IOREDIS_OWN = {
   autoResendUnfulfilledCommands: false,
   retryStrategy: () => null,
   maxRetriesPerRequest: 0,
+  // Closing waits this long for a server that does not answer (paused).
+  disconnectTimeout: 100,
 };
 
 /**

@@ -349,8 +349,7 @@ export class Waiter implements WaiterContext {
     await sleep(SHUTDOWN_TIMEOUT, { promise: cleaned });
     // Whatever Redis has not answered by now fails with the connections.
     this.#abandoned = true;
-    await this.#pop.close();
-    await this.control.close(true);
+    await Promise.all([this.#pop.close(), this.control.close(true)]);
     for (const waits of names) waits.poke();
     await Promise.all(names.map((waits) => waits.drained));
   }

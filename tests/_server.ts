@@ -148,6 +148,16 @@ export class RedisServer implements AsyncDisposable {
     return this.#signal("SIGKILL");
   }
 
+  /** Pauses the server (SIGSTOP): it holds its connections but answers nothing. */
+  pause(): void {
+    this.#process?.kill("SIGSTOP");
+  }
+
+  /** Resumes a paused server (SIGCONT). */
+  resume(): void {
+    this.#process?.kill("SIGCONT");
+  }
+
   /** Starts the server again on the same port, empty. */
   async restart(): Promise<void> {
     await this.stop();

@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Lock, LockError } from "../mod.ts";
+import { Lock, LockError, shutdown } from "../mod.ts";
 import { bed, clientIds, delay, eventually } from "./_bed.ts";
 import { blockedClients, queued } from "./_scenarios.ts";
 import { RespClient } from "./_resp.ts";
@@ -179,4 +179,135 @@ Deno.test("the waiting machinery never sends CLIENT commands, so never hits anot
     await other.close();
     await jobs.catch(() => {});
   }
+});
+
+/** The id of the connection blocked in a BLPOP (the waiting connection). */
+async function blpopConnection(raw: RespClient): Promise<string> {
+  let id: string | undefined;
+  await eventually(async () => {
+    const list = String(await raw.command("CLIENT", "LIST"));
+    id = /\bid=(\d+)\b[^\n]*\bcmd=blpop\b/.exec(list)?.[1];
+    return id !== undefined;
+  }, "a waiting connection");
+  return id!;
+}
+
+Deno.test("a BLPOP ended by UNBLOCKED (a failover) does not fail the waits", async () => {
+  await using env = await bed();
+  const holder = new Lock(await env.client(), "unblocked");
+  await holder.acquire();
+  const waiter = new Lock(await env.client(), "unblocked");
+  const waiting = waiter.acquire({ timeout: 10_000 });
+  await queued({ raw: env.command }, "unblocked");
+  for (let i = 0; i < 3; i++) {
+    const id = await blpopConnection(env.raw);
+    await env.command("CLIENT", "UNBLOCK", id, "ERROR");
+    await delay(100);
+  }
+  await holder.release();
+  assert.equal(await waiting, true);
+  await waiter.release();
+});
+
+Deno.test("the waiting connection backs off while Redis refuses its commands", async () => {
+  await using env = await bed({ args: ["--save", "3600 1"] });
+  const holder = new Lock(await env.client(), "refused");
+  await holder.acquire();
+  const waiter = new Lock(await env.client(), "refused");
+  const waiting = waiter.acquire({ timeout: 20_000 });
+  await queued({ raw: env.command }, "refused");
+  // A background save fails (its directory is gone): Redis refuses writes,
+  // BLPOP and PING among them, with MISCONF until a save succeeds.
+  const [, dir] = await env.command("CONFIG", "GET", "dir") as string[];
+  await Deno.remove(dir, { recursive: true });
+  await env.command("BGSAVE");
+  await eventually(
+    async () =>
+      /rdb_last_bgsave_status:err/.test(
+        String(await env.command("INFO", "persistence")),
+      ),
+    "the save failed",
+  );
+  await env.command("CONFIG", "RESETSTAT");
+  await delay(2_000);
+  const stats = String(await env.command("INFO", "commandstats"));
+  let refused = 0;
+  for (
+    const [, calls, rejected] of stats.matchAll(
+      /cmdstat_(?:ping|blpop):calls=(\d+)[^\n]*?rejected_calls=(\d+)/g,
+    )
+  ) {
+    refused += Number(calls) + Number(rejected);
+  }
+  assert.ok(refused < 100, `${refused} commands in 2 s while refused`);
+  await env.command("CONFIG", "SET", "stop-writes-on-bgsave-error", "no");
+  await holder.release();
+  assert.equal(await waiting, true);
+  await waiter.release();
+  // Its directory is gone for good: stop it without a final save.
+  await env.command("CONFIG", "SET", "save", "");
+  await Deno.mkdir(dir, { recursive: true });
+});
+
+Deno.test("shutdown() returns in bounded time when Redis answers nothing", async () => {
+  await using env = await bed();
+  const holder = new Lock(await env.client(), "frozen");
+  await holder.acquire();
+  const client = await env.client();
+  const waiting = new Lock(client, "frozen").acquire().catch((error) => error);
+  await queued({ raw: env.command }, "frozen");
+  env.server.pause();
+  try {
+    const started = performance.now();
+    await shutdown(client);
+    const took = performance.now() - started;
+    assert.ok(took < 3_500, `shutdown took ${Math.round(took)} ms`);
+    assert.match(String(await waiting), /shut down/);
+  } finally {
+    env.server.resume();
+  }
+  await holder.release();
+});
+
+Deno.test("the waiting connections close by themselves a second or two after the last wait", async () => {
+  await using env = await bed();
+  const holderClient = await env.client();
+  const client = await env.client();
+  const baseline = (await clientIds(env.raw)).length;
+  for (let round = 0; round < 5; round++) {
+    const holder = new Lock(holderClient, `idle:${round}`);
+    await holder.acquire();
+    assert.equal(
+      await new Lock(client, `idle:${round}`).acquire({
+        // Near a BLPOP's second: the last one returns after the wait ends.
+        timeout: 950 + Math.random() * 150,
+      }),
+      false,
+    );
+    await holder.release();
+    await eventually(
+      async () => (await clientIds(env.raw)).length === baseline,
+      `round ${round}: the waiter's connections closed`,
+      3_500,
+    );
+  }
+});
+
+Deno.test("a waiter refused a connection (max clients) waits and recovers", async () => {
+  await using env = await bed();
+  const holder = new Lock(await env.client(), "crowded");
+  await holder.acquire();
+  const client = await env.client();
+  // No room for the waiter's own connections.
+  const connected = (await clientIds(env.raw)).length;
+  await env.command("CONFIG", "SET", "maxclients", connected);
+  const waiting = new Lock(client, "crowded").acquire({ timeout: 20_000 });
+  await delay(1_500);
+  await env.command("CONFIG", "SET", "maxclients", 10_000);
+  await queued({ raw: env.command }, "crowded");
+  await holder.release();
+  assert.equal(await waiting, true);
+  await new Lock(client, "crowded", {
+    id: await env.command("GET", "lock:crowded") as string,
+  }).release();
 });

@@ -1,0 +1,180 @@
+/**
+ * Replies that come late or never, and commands that a client runs twice
+ * (ioredis re-sends the commands a lost connection left unanswered): what
+ * the holder is told, what stays in Redis, who holds the lock.
+ */
+
+import assert from "node:assert/strict";
+import { Redis } from "ioredis";
+import { Lock, shutdown } from "../mod.ts";
+import { abortedAt, bed, close, delay, eventually } from "./_bed.ts";
+import { ReplyDropper, SlowClient } from "./_faulty.ts";
+import { queued } from "./_scenarios.ts";
+import { RespClient } from "./_resp.ts";
+
+/** No racers' turn is due on `name` for a minute: releases hand over. */
+async function noTurn(env: { command: RespClient["command"] }, name: string) {
+  await env.command("SET", `lock-turn:${name}`, "q", "PX", 60_000);
+}
+
+Deno.test("a hand-over whose wake-up waits behind a slow reply counts from when it was popped", async () => {
+  await using env = await bed();
+  await noTurn(env, "slow");
+  const holder = new Lock(await env.client(), "slow", { expire: 60_000 });
+  await holder.acquire();
+  const client = new SlowClient(env.server.port);
+  try {
+    const waiter = new Lock(client, "slow", { expire: 5_000 });
+    const waiting = waiter.acquire({ timeout: 20_000 });
+    await queued({ raw: env.command }, "slow");
+    // The next look at the lock (a tick) answers 2.1 s late; meanwhile the
+    // holder releases, and the hand-over is popped at once.
+    const delayed = new Promise<void>((resolve) =>
+      client.switches.onDelayed = resolve
+    );
+    client.switches.delayNextScript = 2_100;
+    await delayed;
+    await holder.release();
+    assert.equal(await waiting, true);
+    const told = abortedAt(waiter.signal);
+    const other = new Lock(await env.client(), "slow", { expire: 5_000 });
+    await eventually(
+      () => other.acquire({ blocking: false }),
+      "the lock expires",
+      10_000,
+    );
+    const acquiredAt = performance.now();
+    assert.ok(waiter.signal.aborted, "the waiter was told before");
+    assert.ok(await told <= acquiredAt + 5);
+    await other.release();
+  } finally {
+    await shutdown(client);
+    await client.close();
+  }
+});
+
+Deno.test("a hand-over that arrives while the process is busy is claimed anew", async () => {
+  await using env = await bed();
+  await noTurn(env, "busy");
+  const holder = new Lock(await env.client(), "busy", { expire: 60_000 });
+  await holder.acquire();
+  const waiter = new Lock(await env.client(), "busy", { expire: 5_000 });
+  const waiting = waiter.acquire({ timeout: 20_000 });
+  await queued({ raw: env.command }, "busy");
+  // Another process releases while this one is busy for 2 s.
+  const release = new Lock(await env.client(), "busy", { id: holder.id });
+  const releasing = release.release();
+  const until = performance.now() + 2_000;
+  while (performance.now() < until) {
+    // CPU-bound work, or a long GC pause
+  }
+  await releasing;
+  assert.equal(await waiting, true);
+  const pttl = await env.command("PTTL", "lock:busy") as number;
+  assert.ok(pttl > 4_500, `its full expiry again: ${pttl} ms left`);
+  await waiter.release();
+});
+
+Deno.test("an acquire that a client re-sends after a lost reply is taken, not reported held by another", async () => {
+  await using env = await bed();
+  await using proxy = new ReplyDropper(env.server.port);
+  const app = new Redis(proxy.port); // re-sends unanswered commands
+  app.on("error", () => {});
+  try {
+    const warm = new Lock(app, "warm");
+    await warm.acquire({ blocking: false }); // the scripts are loaded
+    await warm.release();
+    for (const expire of [undefined, 30_000]) {
+      const lock = new Lock(app, "resent", { expire });
+      proxy.dropNextReply = true;
+      assert.equal(await lock.acquire({ blocking: false }), true);
+      assert.equal(await env.command("GET", "lock:resent"), lock.id);
+      await lock.release();
+      assert.equal(await env.command("EXISTS", "lock:resent"), 0);
+    }
+  } finally {
+    await shutdown(app);
+    await close(app);
+  }
+});
+
+Deno.test("a reset that a client re-sends after a lost reply resets once", async () => {
+  await using env = await bed();
+  await noTurn(env, "reset-twice");
+  await using proxy = new ReplyDropper(env.server.port);
+  const admin = new Redis(proxy.port); // re-sends unanswered commands
+  admin.on("error", () => {});
+  try {
+    const holder = new Lock(await env.client(), "reset-twice", {
+      expire: 60_000,
+    });
+    await holder.acquire();
+    const first = new Lock(await env.client(), "reset-twice", {
+      expire: 60_000,
+    });
+    const second = new Lock(await env.client(), "reset-twice", {
+      expire: 60_000,
+    });
+    const firstWaits = first.acquire({ timeout: 20_000 });
+    await queued({ raw: env.command }, "reset-twice");
+    const secondWaits = second.acquire({ timeout: 1_500 });
+    await queued({ raw: env.command }, "reset-twice", 2);
+    await new Lock(admin, "warm").reset(); // the scripts are loaded
+    proxy.dropNextReply = true;
+    await new Lock(admin, "reset-twice").reset();
+    assert.equal(await firstWaits, true);
+    assert.equal(await secondWaits, false, "the second waiter still waits");
+    assert.equal(first.signal.aborted, false, "the first keeps the lock");
+    assert.equal(await env.command("GET", "lock:reset-twice"), first.id);
+    await first.release();
+  } finally {
+    await shutdown(admin);
+    await close(admin);
+  }
+});
+
+Deno.test("a wake-up taken for a Python waiter is put back when this library's wait gives up", async () => {
+  await using env = await bed();
+  await noTurn(env, "given-back");
+  await env.command("SET", "lock:given-back", "python-holder", "EX", 60);
+  const client = new SlowClient(env.server.port);
+  const python = await RespClient.connect(env.server.port);
+  try {
+    const controller = new AbortController();
+    const waiting = new Lock(client, "given-back").acquire({
+      signal: controller.signal,
+    }).catch(() => "aborted");
+    await queued({ raw: env.command }, "given-back");
+    // The next look at the lock answers late, so the wake-up the release
+    // leaves is taken and not used before the wait gives up.
+    const delayed = new Promise<void>((resolve) =>
+      client.switches.onDelayed = resolve
+    );
+    client.switches.delayNextScript = 1_500;
+    await delayed;
+    await new Promise<void>((resolve) =>
+      client.switches.onBlpop = () => {
+        client.switches.onBlpop = undefined;
+        setTimeout(resolve, 20);
+      }
+    );
+    // A Python waiter blocks behind this library's waiting connection; the
+    // Python holder releases (python's UNLOCK: one wake-up).
+    const woken = python.command("BLPOP", "lock-signal:given-back", 4);
+    await delay(20);
+    await env.command("DEL", "lock:given-back");
+    await env.command("LPUSH", "lock-signal:given-back", 1);
+    await delay(20);
+    controller.abort();
+    assert.equal(await waiting, "aborted");
+    assert.deepEqual(
+      await woken,
+      ["lock-signal:given-back", "1"],
+      "the Python waiter was woken",
+    );
+  } finally {
+    await python.close();
+    await shutdown(client);
+    await client.close();
+  }
+});
