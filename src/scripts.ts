@@ -163,7 +163,8 @@ end
  */
 const LET_GO = `
 local opened = false
-if redis.call('llen', KEYS[3]) > 0 then
+local waiting = redis.call('llen', KEYS[3]) > 0
+if waiting then
   ${turnState(5, 2, 3)}
   if turn == 'open' then
     -- A racer took the lock in its turn and lets it go now.
@@ -183,12 +184,14 @@ if redis.call('llen', KEYS[3]) > 0 then
     redis.call('set', KEYS[5], 'u' .. (tonumber(string.sub(turn, 2)) - 1), 'KEEPTTL')
   end
 end
-if not opened then
+local handed = false
+if waiting and not opened then
   ${HAND_OVER}
-  if not entry then
-    ${SIGNAL}
-    redis.call('del', KEYS[1])
-  end
+  handed = entry and true or false
+end
+if not handed and not opened then
+  ${SIGNAL}
+  redis.call('del', KEYS[1])
 end
 `;
 
@@ -247,6 +250,22 @@ if not owner and ARGV[3] ~= '' and redis.call('llen', KEYS[3]) > 0 then
   if entry then owner = id end
 end
 if not owner then
+  if ARGV[4] ~= '' and redis.REDIS_VERSION_NUM then
+    -- The common case in one write: the caller's epoch, the clock; a
+    -- counter of another epoch, or ahead of the clock, is put right below.
+    local clock = redis.call('time')
+    local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+    local old = redis.call('set', KEYS[4], ARGV[4] .. ':' .. string.format('%d', now), 'GET')
+    local epoch, last = string.match(old or '', '^(%d+):(%d+)$')
+    if epoch == ARGV[4] and tonumber(last) < now then
+      return now
+    end
+    if old then
+      redis.call('set', KEYS[4], old)
+    else
+      redis.call('del', KEYS[4])
+    end
+  end
   ${draw(4)}
   if ARGV[4] == '' then
     return {1, token, epoch}

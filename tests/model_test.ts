@@ -32,6 +32,11 @@ const WORKERS = 3;
 const RUNS = Number(Deno.env.get("MODEL_RUNS") ?? 10);
 const SEED = Deno.env.get("MODEL_SEED");
 const TOLERANCE = 25;
+/**
+ * How long a grant may take to be reported: a reset that ends within this
+ * before a holding is reported may have come after the grant in Redis.
+ */
+const REPORT_LATENCY = 50;
 
 type Step =
   | {
@@ -150,6 +155,13 @@ class Worker {
   }
 }
 
+/** A reset a schedule ran, between two times. */
+interface Reset {
+  readonly name: string;
+  readonly from: number;
+  readonly to: number;
+}
+
 /** What one schedule did, for the checks. */
 interface Acquire {
   readonly id: number;
@@ -184,7 +196,7 @@ Deno.test({
             );
             const all: Worker[] = [...workers];
             const acquires: Acquire[] = [];
-            const resets: { name: string; at: number }[] = [];
+            const resets: Reset[] = [];
             const restarts: number[] = [];
             const now = () => performance.timeOrigin + performance.now();
             const pending = (w: Worker) =>
@@ -241,12 +253,13 @@ Deno.test({
                     await w.send({ op: s.kind, id });
                     break;
                   }
-                  case "reset":
-                    resets.push({ name: names[s.name], at: now() });
+                  case "reset": {
+                    const from = now();
                     await new Lock(resetter, names[s.name]).reset()
                       .catch(() => {});
-                    resets.push({ name: names[s.name], at: now() });
+                    resets.push({ name: names[s.name], from, to: now() });
                     break;
+                  }
                   case "kill": {
                     const w = workers[s.worker];
                     await w.kill();
@@ -298,8 +311,9 @@ Deno.test({
                   a.worker.killedAt !== undefined && a.expire === undefined &&
                   held(a.worker).includes(a)
                 ) {
-                  resets.push({ name: a.name, at: now() });
+                  const from = now();
                   await new Lock(resetter, a.name).reset();
+                  resets.push({ name: a.name, from, to: now() });
                 }
               }
               for (const w of workers) await w.send({ op: "drain" });
@@ -385,7 +399,7 @@ function check(
   events: Event[],
   acquires: Acquire[],
   workers: Worker[],
-  resets: { name: string; at: number }[],
+  resets: Reset[],
   restarts: number[],
 ): void {
   interface Holding {
@@ -403,7 +417,10 @@ function check(
       e.id === event.id && (e.type === "told" || e.type === "release")
     );
     const killedAt = workers[event.worker].killedAt;
-    const reset = resets.find((r) => r.name === event.name && r.at > event.at);
+    // A reset ends the holdings it may have come after in Redis.
+    const reset = resets.find((r) =>
+      r.name === event.name && r.to + REPORT_LATENCY > event.at
+    );
     // Exclusion holds while Redis keeps its data: a restart without it ends
     // the holdings (the restart and fault tests check what follows).
     const restart = restarts.find((at) => at > event.at);
@@ -415,7 +432,7 @@ function check(
       to: Math.min(
         end?.at ?? Infinity,
         killedAt ?? Infinity,
-        reset?.at ?? Infinity,
+        reset ? Math.max(reset.from, event.at) : Infinity,
         restart ?? Infinity,
       ),
     });
