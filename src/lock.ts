@@ -229,12 +229,16 @@ export class Lock implements AsyncDisposable {
    * @param options `blocking`, `timeout` (ms) and `signal`.
    * @returns `true` when acquired; `false` when busy with `blocking: false`,
    * or when `timeout` elapsed.
-   * @throws {AlreadyAcquiredError} When this id already holds the lock.
-   * @throws {TypeError} When `timeout` is given with `blocking: false`, or an
-   * option has the wrong type.
-   * @throws {RangeError} When `timeout` is negative.
-   * @throws {LockError} When Redis fails (the client's error is the `cause`).
-   * An aborted `signal` rejects with `signal.reason`.
+   * @throws {AlreadyAcquiredError} When this id already holds the lock, or
+   * an `acquire()` of this instance is on its way.
+   * @throws {TypeError} When `timeout` is given with `blocking: false`, an
+   * option has the wrong type or is not an option, or the client cannot
+   * open a connection to wait on and the lock is busy.
+   * @throws {RangeError} When `timeout` is negative, NaN or beyond 2^53 - 1.
+   * @throws {LockError} When Redis fails on a try (the client's error is the
+   * `cause`), or is still unreachable when a waiting acquire's `timeout`
+   * elapses. A waiting acquire lives through connection failures and
+   * restarts otherwise. An aborted `signal` rejects with `signal.reason`.
    *
    * @example
    * ```ts ignore
@@ -611,8 +615,12 @@ export class Lock implements AsyncDisposable {
   }
 
   /**
-   * Deletes the lock whoever holds it, and wakes a waiter. Use with care:
-   * the holder loses the lock without being asked.
+   * Deletes the lock whoever holds it, and lets it go as a release does
+   * (to the first queued waiter, or waking one). Use with care: the holder
+   * loses the lock without being asked, and learns of it only at its next
+   * renewal, `extend()` or `release()`. The holder is read first and the
+   * reset applies to that holder, so that a reset a client re-sends after a
+   * lost reply does not take the lock from the waiter it was handed to.
    *
    * @example
    * ```ts ignore
