@@ -279,7 +279,7 @@ export class NameWaits {
     if (this.#context.abandoned) {
       for (const wait of this.waits) wait.settleGaveUp();
       this.waits.length = 0;
-      this.#presence = NONE;
+      this.#drop();
       return "done";
     }
     this.#applyMail();
@@ -381,6 +381,19 @@ export class NameWaits {
     this.#context.retire(ticket);
   }
 
+  /**
+   * Gives up on the presence without a command (a shutdown nobody
+   * answered, or failures that would only repeat): its ticket is retired,
+   * so that the waiter routes nothing more to it and its `BLPOP` can end.
+   */
+  #drop(): void {
+    const presence = this.#presence;
+    if (presence.kind === "queued" || presence.kind === "unsure") {
+      this.#retire(presence.ticket);
+    }
+    this.#presence = NONE;
+  }
+
   /** Runs one command; a failure leaves the presence `unsure`. */
   async #run(step: () => Promise<void>): Promise<void> {
     try {
@@ -398,7 +411,7 @@ export class NameWaits {
         for (const wait of this.waits) wait.fail(failure);
         // One more look cleans up after the failure; a second failure in a
         // row gives up: retrying would fail the same way.
-        if (this.#permanentFailures > 1) this.#presence = NONE;
+        if (this.#permanentFailures > 1) this.#drop();
       }
       const backoff = Math.min(
         RETRY_MAX,

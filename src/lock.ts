@@ -37,7 +37,12 @@ import {
   RESET,
   Script,
 } from "./scripts.ts";
-import { type Acquisition, type Waiter, waiterOf } from "./waiter.ts";
+import {
+  type Acquisition,
+  drivesName,
+  type Waiter,
+  waiterOf,
+} from "./waiter.ts";
 import { type ServerView, viewOf } from "./_server_view.ts";
 import { classify } from "./_failure.ts";
 
@@ -356,10 +361,13 @@ export class Lock implements AsyncDisposable {
     } else {
       const [status, value, epoch] = reply as [number, number, string];
       if (status === 2) {
+        if (!this.#ownId) throw this.#alreadyHeld();
+        // A wait of this instance that gave up may still be passing on a
+        // lock handed to it: that lock is not this acquire's to take.
+        if (drivesName(this.#connection, this.name)) return false;
         // With an id of its own making, only this instance can hold the
         // lock with it: a client that re-sent the acquire after a lost reply
         // ran it twice, and the first run took the lock.
-        if (!this.#ownId) throw this.#alreadyHeld();
         return this.#claimResent(signal);
       }
       if (status === 3) {
@@ -388,15 +396,20 @@ export class Lock implements AsyncDisposable {
   /** Takes a lock that a re-sent acquire of this instance set. */
   async #claimResent(signal?: AbortSignal): Promise<boolean> {
     const sentAt = performance.now();
-    const [status, token] = await attempt(
-      "acquire",
-      this.name,
-      () =>
-        claimScript.call(this.#connection, this.#keys, [
-          this.id,
-          this.#expire === undefined ? "" : String(this.#expire),
-        ]),
-    ) as [number, number];
+    let status: number, token: number;
+    try {
+      [status, token] = await claimScript.call(
+        this.#connection,
+        this.#keys,
+        [this.id, this.#expire === undefined ? "" : String(this.#expire)],
+      ) as [number, number];
+    } catch (error) {
+      // Held by this id whatever became of the claim: let it go.
+      await this.#releaseQuietly();
+      throw new LockError(`Cannot acquire lock '${this.name}': Redis failed`, {
+        cause: error,
+      });
+    }
     if (status !== 0) return false;
     return this.#take({ token, since: sentAt, initial: this.#expire }, signal);
   }
@@ -628,12 +641,14 @@ export class Lock implements AsyncDisposable {
    * ```
    */
   async reset(): Promise<void> {
+    // Told before the reset is sent: it may run, and hand the lock on,
+    // whatever becomes of its reply.
+    this.#lease?.lose(`Lock '${this.name}' was reset`);
     await attempt(
       "reset",
       this.name,
       () => resetLock(this.#connection, this.#keys, this.#signalExpire),
     );
-    this.#lease?.lose(`Lock '${this.name}' was reset`);
   }
 
   /**

@@ -155,6 +155,11 @@ export class Waiter implements WaiterContext {
     return false;
   }
 
+  /** Whether a driver of this process still acts on the lock `name`. */
+  drives(name: string): boolean {
+    return this.#names.has(name);
+  }
+
   /** A timeout while Redis cannot be reached is an error that says so. */
   #unreachable(name: string): LockError | undefined {
     const failing = this.control.failing ?? this.#pop.failing;
@@ -365,6 +370,14 @@ export function waiterOf(connection: Connection): Waiter {
     waiters.set(connection, waiter);
   }
   return waiter;
+}
+
+/**
+ * Whether the client's waiter still acts on the lock `name` (a wait, or
+ * the clean-up after one that gave up).
+ */
+export function drivesName(connection: Connection, name: string): boolean {
+  return waiters.get(connection)?.drives(name) ?? false;
 }
 
 /** Shuts the client's waiter down, if it has one; the next wait makes a new one. */

@@ -93,6 +93,11 @@ export class ReplyDropper implements AsyncDisposable {
   readonly port: number;
   /** Set to lose the next reply (once). */
   dropNextReply = false;
+  /**
+   * Replies still let through before `dropNextReply` takes effect (for
+   * commands sent one after the other, a reply is one read).
+   */
+  passReplies = 0;
   readonly #listener: Deno.TcpListener;
   readonly #conns = new Set<Deno.Conn>();
   readonly #serving: Promise<void>;
@@ -144,8 +149,12 @@ export class ReplyDropper implements AsyncDisposable {
           const n = await from.read(buffer);
           if (n === null) break;
           if (replies && this.dropNextReply) {
-            this.dropNextReply = false;
-            break;
+            if (this.passReplies > 0) {
+              this.passReplies--;
+            } else {
+              this.dropNextReply = false;
+              break;
+            }
           }
           await to.write(buffer.subarray(0, n));
         }

@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { Redis } from "ioredis";
-import { Lock, shutdown } from "../mod.ts";
+import { Lock, LockError, shutdown } from "../mod.ts";
 import { abortedAt, bed, close, delay, eventually } from "./_bed.ts";
 import { ReplyDropper, SlowClient } from "./_faulty.ts";
 import { queued } from "./_scenarios.ts";
@@ -174,6 +174,94 @@ Deno.test("a wake-up taken for a Python waiter is put back when this library's w
     );
   } finally {
     await python.close();
+    await shutdown(client);
+    await client.close();
+  }
+});
+
+/** An ioredis client through `proxy` that neither re-sends nor retries. */
+function noResend(proxy: ReplyDropper): Redis {
+  const client = new Redis(proxy.port, {
+    autoResendUnfulfilledCommands: false,
+    maxRetriesPerRequest: 0,
+  });
+  client.on("error", () => {});
+  return client;
+}
+
+Deno.test("a holder that resets its lock is told even when the reset's reply is lost", async () => {
+  await using env = await bed();
+  await using proxy = new ReplyDropper(env.server.port);
+  const app = noResend(proxy);
+  try {
+    const lock = new Lock(app, "reset-own"); // no expiry: only a reset ends it
+    await lock.acquire();
+    const { signal } = lock;
+    await lock.release();
+    await lock.acquire();
+    proxy.dropNextReply = true;
+    await assert.rejects(lock.reset(), LockError);
+    assert.ok(lock.signal.aborted, "the holder is told");
+    assert.ok(signal.aborted);
+    await env.command("DEL", "lock:reset-own");
+  } finally {
+    await shutdown(app);
+    await close(app);
+  }
+});
+
+Deno.test("a claim of a re-sent acquire whose reply is lost leaves no lock", async () => {
+  await using env = await bed();
+  await using proxy = new ReplyDropper(env.server.port);
+  const app = noResend(proxy);
+  try {
+    const warm = new Lock(app, "claim-lost");
+    await warm.acquire({ blocking: false }); // the scripts are loaded
+    await warm.release();
+    const lock = new Lock(app, "claim-lost");
+    // The first run of an acquire the client re-sent took the lock.
+    await env.command("SET", "lock:claim-lost", lock.id);
+    // ACQUIRE answers "held with your id"; the CLAIM's reply is lost.
+    proxy.passReplies = 1;
+    proxy.dropNextReply = true;
+    await assert.rejects(lock.acquire({ blocking: false }), LockError);
+    await eventually(
+      async () => await env.command("EXISTS", "lock:claim-lost") === 0,
+      "the lock is let go",
+    );
+  } finally {
+    await shutdown(app);
+    await close(app);
+  }
+});
+
+Deno.test("a non-blocking acquire does not take a lock that a wait of the same instance, given up, still passes on", async () => {
+  await using env = await bed();
+  await noTurn(env, "passing");
+  const holder = new Lock(await env.client(), "passing", { expire: 60_000 });
+  await holder.acquire();
+  const client = new SlowClient(env.server.port);
+  try {
+    const lock = new Lock(client, "passing", { expire: 30_000 });
+    const waiting = lock.acquire({ timeout: 1_500 });
+    await queued({ raw: env.command }, "passing");
+    // The next look at the lock (a tick) answers 3 s late: the driver can
+    // apply nothing meanwhile. The release hands the lock to the waiter.
+    const delayed = new Promise<void>((resolve) =>
+      client.switches.onDelayed = resolve
+    );
+    client.switches.delayNextScript = 3_000;
+    await delayed;
+    await holder.release();
+    assert.equal(await env.command("GET", "lock:passing"), lock.id);
+    // The wait gives up at its timeout; its driver will pass the lock on.
+    assert.equal(await waiting, false);
+    assert.equal(await lock.acquire({ blocking: false }), false);
+    await eventually(
+      async () => await env.command("GET", "lock:passing") !== lock.id,
+      "the driver passes the lock on",
+    );
+  } finally {
     await shutdown(client);
     await client.close();
   }

@@ -311,3 +311,28 @@ Deno.test("a waiter refused a connection (max clients) waits and recovers", asyn
     id: await env.command("GET", "lock:crowded") as string,
   }).release();
 });
+
+Deno.test("waits failed by errors that only repeat (NOPERM) leave the waiting connections free to close", async () => {
+  await using env = await bed();
+  const holder = new Lock(await env.client(), "refused");
+  await holder.acquire();
+  const client = await env.client();
+  const baseline = (await clientIds(env.raw)).length;
+  const waiting = new Lock(client, "refused").acquire({ timeout: 20_000 });
+  await queued({ raw: env.command }, "refused");
+  // Every script is refused from now: the next look fails the wait, and
+  // the look after it fails too.
+  await env.command("ACL", "SETUSER", "default", "-evalsha", "-eval");
+  try {
+    await assert.rejects(waiting, LockError);
+    await delay(1_500);
+  } finally {
+    await env.command("ACL", "SETUSER", "default", "+@all");
+  }
+  await eventually(
+    async () => (await clientIds(env.raw)).length === baseline,
+    "the waiter's connections closed",
+    4_000,
+  );
+  await holder.release();
+});
