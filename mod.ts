@@ -55,4 +55,5 @@ export type {
   AcquireLockOptions,
   AcquireOptions,
   LockOptions,
+  Transport,
 } from "./src/options.ts";

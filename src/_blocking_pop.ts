@@ -51,6 +51,26 @@ export interface PopOwner {
   interrupt(): void;
 }
 
+/**
+ * How a waiting process hears of hand-overs and wake-ups: a wake
+ * transport. {@linkcode BlockingPop} keeps a `BLPOP` running;
+ * `PollingPop` (`_polling_pop.ts`) polls the same lists.
+ */
+export interface WakeTransport {
+  /** Whether a connection of its own is open (or opening). */
+  readonly isOpen: boolean;
+  /** Whether its loop runs (a command may be on its way). */
+  readonly running: boolean;
+  /** Since when its connection has been failing, if it is. */
+  readonly failing: { since: number; error: unknown } | undefined;
+  /** Covers the wanted keys from now on; starts the loop if need be. */
+  pump(): void;
+  /** Closes its own connection once its loop has ended. */
+  closeIfIdle(): Promise<void>;
+  /** Ends the loop and closes its own connection for good. */
+  close(): Promise<void>;
+}
+
 interface Running {
   readonly keys: Map<string, number>;
   readonly sentAt: number;
@@ -63,8 +83,20 @@ const now = () => performance.now();
 const BACKOFF_MIN = 25;
 const BACKOFF_MAX = 1_000;
 
+/**
+ * Milliseconds to wait after `failures` failed commands in a row: doubling
+ * from `BACKOFF_MIN` up to `BACKOFF_MAX`, ±20% at random.
+ */
+export function backoff(failures: number): number {
+  const ms = Math.min(
+    BACKOFF_MAX,
+    BACKOFF_MIN * 2 ** Math.min(failures - 1, 10),
+  );
+  return ms * (0.8 + Math.random() * 0.4);
+}
+
 /** The waiting connection of a client and its one `BLPOP`. */
-export class BlockingPop {
+export class BlockingPop implements WakeTransport {
   readonly #connection: OwnedConnection;
   readonly #owner: PopOwner;
   readonly #wakeKey: string;
@@ -188,13 +220,7 @@ export class BlockingPop {
    */
   async #failed(error: unknown, failures: number): Promise<boolean> {
     if (this.#stop(error)) return true;
-    if (classify(error) !== "connection") {
-      const backoff = Math.min(
-        BACKOFF_MAX,
-        BACKOFF_MIN * 2 ** Math.min(failures - 1, 10),
-      );
-      await sleep(backoff * (0.8 + Math.random() * 0.4));
-    }
+    if (classify(error) !== "connection") await sleep(backoff(failures));
     return this.#closed;
   }
 

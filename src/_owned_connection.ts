@@ -10,6 +10,10 @@
  * commands after a reconnect; here a lost reply stays lost, and the waiter
  * finds out from Redis what happened).
  *
+ * A client that cannot open connections (an HTTP client, say) can still
+ * carry the commands of a waiter that polls: then the "owned" connection is
+ * the application's own, shared, and never closed by the library.
+ *
  * @module
  */
 
@@ -36,6 +40,8 @@ export function sleep(ms: number, signal?: { promise: Promise<void> }) {
 /** A connection of the library's own, opened on demand. */
 export class OwnedConnection {
   readonly #main: Connection;
+  /** Whether commands go on the application's connection itself. */
+  readonly #shared: boolean;
   #open: Promise<Connection> | undefined;
   /** Failures in a row; 0 once a command succeeds. */
   #failures = 0;
@@ -50,9 +56,12 @@ export class OwnedConnection {
   /**
    * @param main The application's connection, whose `duplicate()` opens
    * this one.
+   * @param shared Send on `main` itself, which cannot open connections:
+   * only for commands that never block.
    */
-  constructor(main: Connection) {
+  constructor(main: Connection, shared = false) {
     this.#main = main;
+    this.#shared = shared;
   }
 
   /** Whether a connection is open or opening. */
@@ -112,7 +121,7 @@ export class OwnedConnection {
       const wait = this.#retryAt - now();
       if (wait > 0) await sleep(wait);
       if (this.#closed) throw new Error("Connection closed by the lock");
-      return await this.#main.duplicate();
+      return this.#shared ? this.#main : await this.#main.duplicate();
     })();
   }
 
@@ -128,6 +137,7 @@ export class OwnedConnection {
     // A failure of a connection already replaced says nothing of the new one.
     if (this.#open !== open) return;
     this.#open = undefined;
+    if (this.#shared) return;
     void open.then((connection) => connection.close()).catch(() => {});
   }
 
@@ -139,6 +149,7 @@ export class OwnedConnection {
     if (final) this.#closed = true;
     const open = this.#open;
     this.#open = undefined;
+    if (this.#shared) return;
     await open?.then((connection) => connection.close(), () => {});
   }
 }

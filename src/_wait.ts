@@ -28,6 +28,8 @@ export interface WaitRequest {
    * as python-redis-lock's waiters do.
    */
   readonly fair: boolean;
+  /** With the `"poll"` transport: ms between polls, at least. */
+  readonly pollInterval: number;
   /** `performance.now()` at which the caller gives up; may be `Infinity`. */
   readonly deadline: number;
   readonly signal: AbortSignal | undefined;

@@ -26,7 +26,7 @@ import {
   validateLockOptions,
   validateName,
 } from "./options.ts";
-import type { LockOptions } from "./options.ts";
+import type { LockOptions, Transport } from "./options.ts";
 import {
   ACQUIRE,
   CLAIM,
@@ -162,6 +162,8 @@ export class Lock implements AsyncDisposable {
   readonly #autoRenewal: boolean;
   readonly #signalExpire: number;
   readonly #fair: boolean;
+  readonly #transport: Transport | undefined;
+  readonly #pollInterval: number;
   /** Behind `lock.signal`; made when first read. */
   #controller: AbortController | undefined;
   #released: LockError | undefined;
@@ -194,6 +196,18 @@ export class Lock implements AsyncDisposable {
     this.#autoRenewal = valid.autoRenewal;
     this.#signalExpire = valid.signalExpire;
     this.#fair = valid.fair;
+    this.#transport = valid.transport;
+    this.#pollInterval = valid.pollInterval;
+    if (this.#transport === "blpop" && !this.#connection.canDuplicate) {
+      throw new TypeError(
+        invalid(
+          "create lock",
+          "transport",
+          'needs a client that opens connections (duplicate(), or withConnect(client, connect)); "poll" does not',
+          this.#transport,
+        ),
+      );
+    }
   }
 
   /**
@@ -274,7 +288,7 @@ export class Lock implements AsyncDisposable {
         return await this.#tryOnce(signal) ?? false;
       }
       // Taken now, so that a shutdown() from here on rejects this acquire.
-      const waiter = waiterOf(this.#connection);
+      const waiter = waiterOf(this.#connection, this.#transport);
       // A free lock is taken on the application's connection, in one round
       // trip and with no waiting machinery; waiters of this process come
       // first, though, and racers in the turn this process gave them.
@@ -282,11 +296,6 @@ export class Lock implements AsyncDisposable {
       if (!waiter.waitsFor(this.name) && !view.inTurn(this.name)) {
         const deadline = performance.now() + timeout;
         if (await this.#tryOnce(signal)) return true;
-        if (!this.#connection.canDuplicate) {
-          throw new TypeError(
-            "Cannot wait for a lock as the client has no duplicate(): pair it with a connect function by withConnect(client, connect)",
-          );
-        }
         timeout = Math.max(0, deadline - performance.now());
       }
       return await this.#wait(waiter, timeout, signal);
@@ -314,6 +323,7 @@ export class Lock implements AsyncDisposable {
           expire: this.#expire,
           signalExpire: this.#signalExpire,
           fair: this.#fair,
+          pollInterval: this.#pollInterval,
           deadline,
           signal,
         });

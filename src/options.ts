@@ -5,6 +5,34 @@
  * @module
  */
 
+/**
+ * How a waiting process hears that a lock is handed to it or free:
+ *
+ * - `"blpop"`: one `BLPOP` per client and process, on a connection of the
+ *   library's own, over the process's wake list and the signal lists of the
+ *   names it waits for (where python-redis-lock's releases push). Wakes at
+ *   once. Needs a client that opens connections.
+ * - `"poll"`: a script pops the same lists every `pollInterval` ms (plus up
+ *   to half of it, at random), on a connection of the library's own or, for
+ *   a client that cannot open one (an HTTP client), on the client's. For
+ *   clients or proxies that refuse blocking commands.
+ *
+ * @example Waiting through an HTTP Redis client
+ * ```ts ignore
+ * import { acquire } from "@x/redis-lock";
+ *
+ * // A client with send(command, args) and no duplicate() polls by default.
+ * await using lock = await acquire(httpClient, "report", {
+ *   transport: "poll",
+ *   pollInterval: 200,
+ * });
+ * ```
+ */
+export type Transport = "blpop" | "poll";
+
+/** The transports, as {@linkcode LockOptions.transport} takes them. */
+export const TRANSPORTS: readonly Transport[] = ["blpop", "poll"];
+
 /** Options of {@linkcode Lock}, fixed for the life of the instance. */
 export interface LockOptions {
   /**
@@ -48,6 +76,22 @@ export interface LockOptions {
    * @default {true}
    */
   fair?: boolean;
+  /**
+   * How a waiter hears that the lock is handed to it or free: see
+   * {@linkcode Transport}. Waiters of one client that use one transport
+   * share it.
+   *
+   * @default {"blpop", or "poll" for a client that cannot open connections}
+   */
+  transport?: Transport;
+  /**
+   * With `transport: "poll"`: milliseconds between two polls that found
+   * nothing, at least; a random part of up to half of it is added. A
+   * process polls no faster than the shortest interval among its waits.
+   *
+   * @default {100}
+   */
+  pollInterval?: number;
 }
 
 /** Options of one call of {@linkcode Lock.acquire}. */
@@ -87,6 +131,8 @@ export interface ValidLockOptions {
   autoRenewal: boolean;
   signalExpire: number;
   fair: boolean;
+  transport: Transport | undefined;
+  pollInterval: number;
 }
 
 /** Acquire options after validation, with defaults filled in. */
@@ -178,6 +224,8 @@ export const LOCK_OPTIONS = [
   "autoRenewal",
   "signalExpire",
   "fair",
+  "transport",
+  "pollInterval",
 ] as const;
 
 /** The names of {@linkcode AcquireOptions}. */
@@ -204,8 +252,15 @@ export function validateLockOptions(
   known: readonly string[] = LOCK_OPTIONS,
 ): ValidLockOptions {
   const action = "create lock";
-  const { expire, id, autoRenewal = false, signalExpire = 1000, fair = true } =
-    optionsObject(action, options, known) as LockOptions;
+  const {
+    expire,
+    id,
+    autoRenewal = false,
+    signalExpire = 1000,
+    fair = true,
+    transport,
+    pollInterval = 100,
+  } = optionsObject(action, options, known) as LockOptions;
   if (expire !== undefined) positiveInteger(action, "expire", expire);
   if (id !== undefined) {
     if (typeof id !== "string") {
@@ -229,7 +284,21 @@ export function validateLockOptions(
   if (typeof fair !== "boolean") {
     throw new TypeError(invalid(action, "fair", "must be a boolean", fair));
   }
-  return { expire, id, autoRenewal, signalExpire, fair };
+  if (transport !== undefined && !TRANSPORTS.includes(transport)) {
+    throw new TypeError(
+      invalid(action, "transport", 'must be "blpop" or "poll"', transport),
+    );
+  }
+  positiveInteger(action, "pollInterval", pollInterval);
+  return {
+    expire,
+    id,
+    autoRenewal,
+    signalExpire,
+    fair,
+    transport,
+    pollInterval,
+  };
 }
 
 /** Checks {@linkcode AcquireOptions} and fills in the defaults. */

@@ -495,6 +495,20 @@ redis.call('lpush', KEYS[1], ARGV[1])
 redis.call('pexpire', KEYS[1], ARGV[2])
 `;
 
+/**
+ * What a poll does in place of a `BLPOP` that would not block: pops the
+ * first value of the first non-empty list, in the order of `KEYS` (the
+ * process's wake list, then the signal lists it covers), as `BLPOP` picks
+ * one. Replies `{key, value}`, or nil when every list is empty.
+ */
+export const POLL = `
+for i = 1, #KEYS do
+  local value = redis.call('lpop', KEYS[i])
+  if value then return {KEYS[i], value} end
+end
+return false
+`;
+
 /** Anything that sends a command: a client's connection, or one of ours. */
 export interface Sender {
   send(command: string, args: readonly string[]): Promise<Reply>;

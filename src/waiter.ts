@@ -32,7 +32,14 @@ import {
   WAKE_PREFIX,
 } from "./keys.ts";
 import { INSPECT, INTERRUPT as INTERRUPT_SCRIPT, Script } from "./scripts.ts";
-import { BlockingPop, INTERRUPT } from "./_blocking_pop.ts";
+import {
+  BlockingPop,
+  INTERRUPT,
+  type PopOwner,
+  type WakeTransport,
+} from "./_blocking_pop.ts";
+import { PollingPop } from "./_polling_pop.ts";
+import type { Transport } from "./options.ts";
 import { NameWaits, type WaiterContext } from "./_name_waits.ts";
 import { OwnedConnection, sleep } from "./_owned_connection.ts";
 import { type ServerView, viewOf } from "./_server_view.ts";
@@ -78,7 +85,7 @@ export class Waiter implements WaiterContext {
   readonly #lately = new Map<string, number>();
   /** Tickets that may receive a hand-over, and their names. */
   readonly #tickets = new Map<string, NameWaits>();
-  readonly #pop: BlockingPop;
+  readonly #pop: WakeTransport;
   #sequence = 0;
   #emptyAt = -Infinity;
   #tickTimer: Timer | undefined;
@@ -88,27 +95,46 @@ export class Waiter implements WaiterContext {
   #closed = false;
   #abandoned = false;
 
-  constructor(main: Connection) {
+  /**
+   * @param main The application's connection.
+   * @param transport How hand-overs and wake-ups reach this process.
+   */
+  constructor(main: Connection, transport: Transport) {
     this.view = viewOf(main);
-    this.control = new OwnedConnection(main);
-    this.#pop = new BlockingPop(
-      main,
-      {
-        wanted: () => this.#wanted(),
-        popped: (key, value, signalExpire) =>
-          key === this.#wakeKey
-            ? this.#onWake(value)
-            : this.#onSignal(key, value, signalExpire),
-        empty: (sentAt) => this.#emptyAt = Math.max(this.#emptyAt, sentAt),
-        recovered: (keys) => this.#recovered(keys),
-        failed: (error) => {
-          for (const waits of this.#names.values()) waits.failAll(error);
-        },
-        interrupt: () => this.#interrupt(),
+    // A client that cannot open connections can still poll on its own.
+    this.control = new OwnedConnection(main, !main.canDuplicate);
+    const owner: PopOwner = {
+      wanted: () => this.#wanted(),
+      popped: (key, value, signalExpire) =>
+        key === this.#wakeKey
+          ? this.#onWake(value)
+          : this.#onSignal(key, value, signalExpire),
+      empty: (sentAt) => this.#emptyAt = Math.max(this.#emptyAt, sentAt),
+      recovered: (keys) => this.#recovered(keys),
+      failed: (error) => {
+        for (const waits of this.#names.values()) waits.failAll(error);
       },
-      this.#wakeKey,
-      TICK,
-    );
+      interrupt: () => this.#interrupt(),
+    };
+    this.#pop = transport === "poll"
+      ? new PollingPop(
+        this.control,
+        owner,
+        this.#wakeKey,
+        () => this.#pollInterval(),
+      )
+      : new BlockingPop(main, owner, this.#wakeKey, TICK);
+  }
+
+  /** The shortest poll interval among the waits, in ms. */
+  #pollInterval(): number {
+    let interval = Infinity;
+    for (const waits of this.#names.values()) {
+      for (const wait of waits.waits) {
+        interval = Math.min(interval, wait.request.pollInterval);
+      }
+    }
+    return interval === Infinity ? TICK * 1000 : interval;
   }
 
   get abandoned(): boolean {
@@ -360,31 +386,48 @@ export class Waiter implements WaiterContext {
   }
 }
 
-const waiters = new WeakMap<Connection, Waiter>();
+/** The waiters of each client's connection, one per transport. */
+const waiters = new WeakMap<Connection, Map<Transport, Waiter>>();
 
-/** The waiter of a client's connection, made on first use. */
-export function waiterOf(connection: Connection): Waiter {
-  let waiter = waiters.get(connection);
+/**
+ * The waiter of a client's connection for a transport, made on first use.
+ * Without a transport: `"blpop"`, or `"poll"` for a client that cannot open
+ * connections.
+ */
+export function waiterOf(
+  connection: Connection,
+  transport: Transport = connection.canDuplicate ? "blpop" : "poll",
+): Waiter {
+  let byTransport = waiters.get(connection);
+  if (byTransport === undefined) {
+    byTransport = new Map();
+    waiters.set(connection, byTransport);
+  }
+  let waiter = byTransport.get(transport);
   if (waiter === undefined) {
-    waiter = new Waiter(connection);
-    waiters.set(connection, waiter);
+    waiter = new Waiter(connection, transport);
+    byTransport.set(transport, waiter);
   }
   return waiter;
 }
 
 /**
- * Whether the client's waiter still acts on the lock `name` (a wait, or
+ * Whether a waiter of the client still acts on the lock `name` (a wait, or
  * the clean-up after one that gave up).
  */
 export function drivesName(connection: Connection, name: string): boolean {
-  return waiters.get(connection)?.drives(name) ?? false;
+  return [...waiters.get(connection)?.values() ?? []].some((waiter) =>
+    waiter.drives(name)
+  );
 }
 
-/** Shuts the client's waiter down, if it has one; the next wait makes a new one. */
+/** Shuts the client's waiters down, if any; the next wait makes new ones. */
 export async function shutdownWaiter(connection: Connection): Promise<void> {
-  const waiter = waiters.get(connection);
+  const byTransport = waiters.get(connection);
   waiters.delete(connection);
-  await waiter?.shutdown();
+  await Promise.all(
+    [...byTransport?.values() ?? []].map((waiter) => waiter.shutdown()),
+  );
 }
 
 /**

@@ -5,6 +5,7 @@
  * @module
  */
 
+import assert from "node:assert/strict";
 import { Redis } from "ioredis";
 import { createClient } from "redis";
 import { createClient as createClient4 } from "redis4";
@@ -21,6 +22,8 @@ export interface OpenClient {
 /** A kind of client: its name and how to open one. */
 export interface ClientKind {
   readonly name: string;
+  /** Whether its waiters poll (no `BLPOP`). */
+  readonly polls?: boolean;
   open(server: RedisServer): Promise<OpenClient>;
 }
 
@@ -91,10 +94,64 @@ export const dbRedis: ClientKind = {
   },
 };
 
+/** Commands an HTTP Redis or a strict proxy refuses. */
+const REFUSED = new Set([
+  "BLPOP",
+  "BRPOP",
+  "SUBSCRIBE",
+  "SSUBSCRIBE",
+  "CLIENT",
+]);
+
+/**
+ * A client the way an HTTP Redis client is: one command at a time with no
+ * connection of its own to block, no `duplicate()`, and `BLPOP`,
+ * `SUBSCRIBE` and `CLIENT` refused. Its waiters poll.
+ */
+export class HttpLikeClient {
+  readonly #client: RespClient;
+  /** The commands refused so far: none, when the lock behaves. */
+  readonly refused: string[] = [];
+
+  constructor(client: RespClient) {
+    this.#client = client;
+  }
+
+  send(command: string, args: string[]): Promise<unknown> {
+    if (REFUSED.has(command.toUpperCase())) {
+      this.refused.push(command);
+      return Promise.reject(new Error(`ERR command '${command}' not allowed`));
+    }
+    return this.#client.send(command, args);
+  }
+
+  close(): Promise<void> {
+    return this.#client.close();
+  }
+}
+
+export const httpLike: ClientKind = {
+  name: "an HTTP-like client (transport: poll)",
+  polls: true,
+  async open(server) {
+    const client = new HttpLikeClient(
+      await RespClient.connect(server.port, server.hostname),
+    );
+    return {
+      client,
+      close() {
+        assert.deepEqual(client.refused, [], "commands refused");
+        return client.close();
+      },
+    };
+  },
+};
+
 export const allKinds: ClientKind[] = [
   ioredis,
   nodeRedis5,
   nodeRedis4,
   plainSend,
   dbRedis,
+  httpLike,
 ];

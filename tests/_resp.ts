@@ -80,6 +80,8 @@ export class RespClient {
   }[] = [];
   readonly #reading: Promise<void>;
   #closed = false;
+  /** Whether close() has closed the socket (the peer closing it does not). */
+  #released = false;
 
   private constructor(conn: Deno.TcpConn, hostname: string, port: number) {
     this.#conn = conn;
@@ -167,8 +169,9 @@ export class RespClient {
 
   /** Closes the connection and waits until its reader has stopped. */
   async close(): Promise<void> {
-    if (!this.#closed) {
-      this.#closed = true;
+    this.#closed = true;
+    if (!this.#released) {
+      this.#released = true;
       try {
         this.#conn.close();
       } catch {

@@ -33,6 +33,12 @@ export interface Context {
   readonly name: string;
   /** Whether waiters wait first come, first served (`fair: true`). */
   readonly fair: boolean;
+  /**
+   * Resolves once `count` waits of the scenario have made their first try
+   * and sleep: `BLPOP`s blocked, or a pause longer than a try for clients
+   * that poll (nothing in Redis shows a racer that polls).
+   */
+  waiting(count: number): Promise<void>;
 }
 
 /**
@@ -92,6 +98,8 @@ export interface Runner {
   open(): Promise<readonly [RedisClient, () => Promise<unknown>]>;
   /** Sends a raw command on a connection of the runner's own. */
   raw(command: string, args: string[]): Promise<unknown>;
+  /** Whether the clients' waiters poll rather than block in `BLPOP`. */
+  readonly polls?: boolean;
 }
 
 /**
@@ -118,6 +126,7 @@ export async function runScenario(
       return client;
     },
     raw: (command, ...args) => runner.raw(command, args.map(String)),
+    waiting: (count) => runner.polls ? delay(300) : blockedClients(ctx, count),
   };
   let left: string[] = [];
   try {
@@ -316,7 +325,7 @@ export const scenarios: Scenario[] = [
         fair: ctx.fair,
       });
       const waiting = waiter.acquire({ timeout: 10_000 });
-      await blockedClients(ctx, 1);
+      await ctx.waiting(1);
       await holder.release();
       assert.equal(await waiting, true);
       assert.equal(await ctx.raw("GET", `lock:${ctx.name}`), waiter.id);
@@ -455,7 +464,7 @@ export const scenarios: Scenario[] = [
         fair: ctx.fair,
       });
       const waiting = waiter.acquire({ timeout: 10_000 });
-      await blockedClients(ctx, 1);
+      await ctx.waiting(1);
       await new Lock(await ctx.client(), ctx.name).reset();
       assert.equal(await waiting, true);
       await waiter.release();
@@ -476,7 +485,7 @@ export const scenarios: Scenario[] = [
         waiters.push(new Lock(await ctx.client(), name, { fair: ctx.fair }));
       }
       const waiting = waiters.map((lock) => lock.acquire({ timeout: 10_000 }));
-      await blockedClients(ctx, 2);
+      await ctx.waiting(2);
       assert.equal(await resetAll(client), 2);
       assert.deepEqual(await Promise.all(waiting), [true, true]);
       for (const waiter of waiters) await waiter.release();
@@ -578,7 +587,7 @@ export const scenarios: Scenario[] = [
       const controller = new AbortController();
       const waiter = new Lock(client, ctx.name, { fair: ctx.fair });
       const waiting = settle(waiter.acquire({ signal: controller.signal }));
-      await blockedClients(ctx, 1);
+      await ctx.waiting(1);
       const reason = new Error("stop waiting");
       controller.abort(reason);
       assert.equal((await waiting).error, reason);
@@ -604,12 +613,12 @@ export const scenarios: Scenario[] = [
           signal: controller.signal,
         }),
       );
-      await blockedClients(ctx, 1);
+      await ctx.waiting(1);
       const second = new Lock(await ctx.client(), ctx.name, {
         fair: ctx.fair,
       });
       const waiting = second.acquire({ timeout: 5_000 });
-      await blockedClients(ctx, 2);
+      await ctx.waiting(2);
       // The release goes out before the abort does anything: the first
       // waiter is handed the lock (fair) or served the wake-up before it
       // learns of the abort, and must pass it on.

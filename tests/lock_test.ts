@@ -18,6 +18,7 @@ for (const kind of allKinds) {
         return [client, close] as const;
       },
       raw: (command: string, args: string[]) => raw.send(command, args),
+      polls: kind.polls,
     };
     try {
       for (const { scenario, index, fair, name } of runs()) {

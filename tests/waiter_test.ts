@@ -203,23 +203,34 @@ Deno.test("a waiter that gives up leaves its place to the next local waiter, ser
   }
 });
 
-Deno.test("a client that cannot open a waiting connection fails a wait with a TypeError and leaves no entry", async () => {
+Deno.test("a client that cannot open connections waits by polling; transport blpop on it is a TypeError", async () => {
   await using env = await bed();
   const holder = await acquire(await env.client(), "no-duplicate");
   const options = { hostname: env.server.hostname, port: env.server.port };
   const shape = await DbRedisShape.connect(options); // no duplicate(), no withConnect
   try {
-    await assert.rejects(
-      new Lock(shape, "no-duplicate").acquire({ timeout: 5_000 }),
+    assert.throws(
+      () => new Lock(shape, "no-duplicate", { transport: "blpop" }),
       (error: Error) =>
-        error instanceof TypeError && /withConnect/.test(error.message),
+        error instanceof TypeError && /'transport'/.test(error.message) &&
+        /withConnect/.test(error.message),
     );
+    const lock = new Lock(shape, "no-duplicate", { pollInterval: 20 });
+    const waiting = lock.acquire({ timeout: 5_000 });
+    await queued({ raw: env.command }, "no-duplicate");
+    await holder.release();
+    assert.equal(await waiting, true);
+    assert.equal(await env.raw.command("GET", "lock:no-duplicate"), lock.id);
+    await lock.release();
+    // A timeout leaves nothing behind either.
+    const again = await acquire(await env.client(), "no-duplicate");
+    assert.equal(await lock.acquire({ timeout: 300 }), false);
     assert.equal(await env.raw.command("EXISTS", "lock-queue:no-duplicate"), 0);
+    await again.release();
   } finally {
     await shutdown(shape);
     await shape.close();
   }
-  await holder.release();
 });
 
 Deno.test("waiters of one process that time out together leave no entry, and the lock goes on", async () => {

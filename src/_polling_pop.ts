@@ -1,0 +1,146 @@
+/**
+ * The `"poll"` wake transport: for clients that cannot block (HTTP Redis,
+ * proxies that forbid `BLPOP`). In place of one `BLPOP` kept running, it
+ * pops the process's wake list and the signal lists its owner wants in one
+ * script, now and then:
+ *
+ * - never faster than the interval its owner states (each pause is that
+ *   interval plus up to half of it, at random, so that processes polling
+ *   one server spread out), and at once again after a poll that found
+ *   something (more may be waiting);
+ * - a holder's expiry is not its business: the per-name driver looks at
+ *   the lock when the expiry it learned passes, whatever the transport;
+ * - a poll whose reply is lost may have popped a wake-up: once a poll
+ *   answers again, the owner hears `recovered()` and looks at its names
+ *   again, as after a failed `BLPOP`.
+ *
+ * It sends its polls on the waiter's command connection, which it does not
+ * own or close.
+ *
+ * @module
+ */
+
+import type { OwnedConnection } from "./_owned_connection.ts";
+import { sleep } from "./_owned_connection.ts";
+import { POLL, Script } from "./scripts.ts";
+import { classify } from "./_failure.ts";
+import type { PopOwner, WakeTransport } from "./_blocking_pop.ts";
+import { backoff } from "./_blocking_pop.ts";
+import { deferred } from "./_deferred.ts";
+
+const pollScript = new Script(POLL, () => []);
+
+const now = () => performance.now();
+
+/** Wake-ups fetched by polling. */
+export class PollingPop implements WakeTransport {
+  readonly #connection: OwnedConnection;
+  readonly #owner: PopOwner;
+  readonly #wakeKey: string;
+  readonly #interval: () => number;
+  #loop: Promise<void> | undefined;
+  /** Ends the pause between two polls early, to close. */
+  #nudge: { promise: Promise<void>; resolve: () => void } | undefined;
+  #closed = false;
+
+  /**
+   * @param connection The waiter's command connection.
+   * @param owner Decides the keys and hears what is popped.
+   * @param wakeKey The process's wake list, always covered.
+   * @param interval The pause between two polls that found nothing, in ms,
+   * before its random part.
+   */
+  constructor(
+    connection: OwnedConnection,
+    owner: PopOwner,
+    wakeKey: string,
+    interval: () => number,
+  ) {
+    this.#connection = connection;
+    this.#owner = owner;
+    this.#wakeKey = wakeKey;
+    this.#interval = interval;
+  }
+
+  get isOpen(): boolean {
+    return this.#connection.isOpen;
+  }
+
+  get running(): boolean {
+    return this.#loop !== undefined;
+  }
+
+  get failing(): { since: number; error: unknown } | undefined {
+    return this.#connection.failing;
+  }
+
+  /**
+   * Keeps polling while keys are wanted. A list wanted anew waits for the
+   * next poll: the interval is a floor, and a wake-up stays in its list
+   * for the lock's `signalExpire` (the driver tries the lock itself when a
+   * name starts waiting).
+   */
+  pump(): void {
+    if (this.#closed || this.#loop !== undefined) return;
+    if (this.#owner.wanted() === undefined) return;
+    this.#loop = this.#run().finally(() => this.#loop = undefined);
+  }
+
+  async #run(): Promise<void> {
+    /** The signal lists of the polls that failed since the last answer. */
+    let failedKeys: string[] | undefined;
+    let failures = 0;
+    for (;;) {
+      const wanted = this.#owner.wanted();
+      if (this.#closed || wanted === undefined) return;
+      const sentAt = now();
+      let reply;
+      try {
+        reply = await pollScript.run(
+          this.#connection,
+          [this.#wakeKey, ...wanted.keys()],
+          [],
+        );
+      } catch (error) {
+        failedKeys = [...new Set([...failedKeys ?? [], ...wanted.keys()])];
+        if (this.#stop(error)) return;
+        await sleep(backoff(++failures));
+        continue;
+      }
+      if (failedKeys !== undefined) {
+        this.#owner.recovered(failedKeys);
+        failedKeys = undefined;
+        failures = 0;
+      }
+      // Delivered even when closing: a wake-up taken must be used or put back.
+      const [key, value] = (reply ?? []) as string[];
+      if (key !== this.#wakeKey) this.#owner.empty(sentAt);
+      if (key !== undefined) {
+        this.#owner.popped(key, value, wanted.get(key) ?? 1000);
+        continue;
+      }
+      if (this.#closed) return;
+      const nudge = this.#nudge = deferred<void>();
+      await sleep(this.#interval() * (1 + Math.random() / 2), nudge);
+      this.#nudge = undefined;
+    }
+  }
+
+  /** Whether the loop stops on this failure: closed, or failed for good. */
+  #stop(error: unknown): boolean {
+    if (this.#closed) return true;
+    if (classify(error) !== "permanent") return false;
+    this.#owner.failed(error);
+    return true;
+  }
+
+  /** Nothing to close: the connection is the waiter's. */
+  async closeIfIdle(): Promise<void> {}
+
+  /** Stops polling. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#nudge?.resolve();
+    await this.#loop;
+  }
+}
