@@ -116,6 +116,19 @@ Deno.test("every option with a wrong type or value is refused, naming it, with n
       "no",
       TypeError,
     ], [0, TypeError]]],
+    [
+      "transport",
+      (v) => new Lock(client, name, { transport: v as "poll" }),
+      [["BLPOP", TypeError], ["pubsub ", TypeError], [1, TypeError], [
+        null,
+        TypeError,
+      ]],
+    ],
+    [
+      "pollInterval",
+      (v) => new Lock(client, name, { pollInterval: v as number }),
+      BAD_NUMBERS,
+    ],
     ["blocking", (v) => lock.acquire({ blocking: v as boolean }), [[
       1,
       TypeError,
