@@ -80,6 +80,8 @@ export class RespClient {
   }[] = [];
   readonly #reading: Promise<void>;
   #closed = false;
+  /** The last write queued. */
+  #writing: Promise<void> = Promise.resolve();
   /** Whether close() has closed the socket (the peer closing it does not). */
   #released = false;
 
@@ -148,12 +150,13 @@ export class RespClient {
       this.#pending.push({ resolve, reject })
     );
     const bytes = encoder.encode(text);
-    (async () => {
+    // Writes go out one after another, in the order of the replies awaited.
+    this.#writing = this.#writing.then(async () => {
       let written = 0;
       while (written < bytes.length) {
         written += await this.#conn.write(bytes.subarray(written));
       }
-    })().catch(() => {});
+    }).catch(() => {});
     return promise;
   }
 
