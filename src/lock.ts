@@ -243,16 +243,16 @@ export class Lock implements AsyncDisposable {
   /**
    * Acquires the lock, waiting while it is busy unless `blocking` is false.
    * A waiter sleeps until the holder releases, the holder's expiry passes,
-   * its `timeout` elapses or its `signal` aborts: it never polls.
+   * its `timeout` elapses or its `signal` aborts: it never polls, unless
+   * told to by `transport: "poll"` (or its client cannot open connections).
    *
    * @param options `blocking`, `timeout` (ms) and `signal`.
    * @returns `true` when acquired; `false` when busy with `blocking: false`,
    * or when `timeout` elapsed.
    * @throws {AlreadyAcquiredError} When this id already holds the lock, or
    * an `acquire()` of this instance is on its way.
-   * @throws {TypeError} When `timeout` is given with `blocking: false`, an
-   * option has the wrong type or is not an option, or the client cannot
-   * open a connection to wait on and the lock is busy.
+   * @throws {TypeError} When `timeout` is given with `blocking: false`, or
+   * an option has the wrong type or is not an option.
    * @throws {RangeError} When `timeout` is negative, NaN or beyond 2^53 - 1.
    * @throws {LockError} When Redis fails on a try (the client's error is the
    * `cause`), or is still unreachable when a waiting acquire's `timeout`
