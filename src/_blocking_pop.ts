@@ -84,6 +84,21 @@ const BACKOFF_MIN = 25;
 const BACKOFF_MAX = 1_000;
 
 /**
+ * Whether a transport's loop stops on a failed command: it is closed, or
+ * the failure is for good (the owner then hears `failed()`).
+ */
+export function stopsOn(
+  error: unknown,
+  closed: boolean,
+  owner: PopOwner,
+): boolean {
+  if (closed) return true;
+  if (classify(error) !== "permanent") return false;
+  owner.failed(error);
+  return true;
+}
+
+/**
  * Milliseconds to wait after `failures` failed commands in a row: doubling
  * from `BACKOFF_MIN` up to `BACKOFF_MAX`, ±20% at random.
  */
@@ -224,12 +239,8 @@ export class BlockingPop implements WakeTransport {
     return this.#closed;
   }
 
-  /** Whether the loop stops on this failure: closed, or failed for good. */
   #stop(error: unknown): boolean {
-    if (this.#closed) return true;
-    if (classify(error) !== "permanent") return false;
-    this.#owner.failed(error);
-    return true;
+    return stopsOn(error, this.#closed, this.#owner);
   }
 
   /** Closes the connection once no `BLPOP` is wanted; a later pump reopens it. */

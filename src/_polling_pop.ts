@@ -23,9 +23,8 @@
 import type { OwnedConnection } from "./_owned_connection.ts";
 import { sleep } from "./_owned_connection.ts";
 import { POLL, Script } from "./scripts.ts";
-import { classify } from "./_failure.ts";
 import type { PopOwner, WakeTransport } from "./_blocking_pop.ts";
-import { backoff } from "./_blocking_pop.ts";
+import { backoff, stopsOn } from "./_blocking_pop.ts";
 import { deferred } from "./_deferred.ts";
 
 const pollScript = new Script(POLL, () => []);
@@ -103,7 +102,7 @@ export class PollingPop implements WakeTransport {
         );
       } catch (error) {
         failedKeys = [...new Set([...failedKeys ?? [], ...wanted.keys()])];
-        if (this.#stop(error)) return;
+        if (stopsOn(error, this.#closed, this.#owner)) return;
         await sleep(backoff(++failures));
         continue;
       }
@@ -124,14 +123,6 @@ export class PollingPop implements WakeTransport {
       await sleep(this.#interval() * (1 + Math.random() / 2), nudge);
       this.#nudge = undefined;
     }
-  }
-
-  /** Whether the loop stops on this failure: closed, or failed for good. */
-  #stop(error: unknown): boolean {
-    if (this.#closed) return true;
-    if (classify(error) !== "permanent") return false;
-    this.#owner.failed(error);
-    return true;
   }
 
   /** Nothing to close: the connection is the waiter's. */
