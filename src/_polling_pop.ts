@@ -20,11 +20,9 @@
  * @module
  */
 
-import type { OwnedConnection } from "./_owned_connection.ts";
-import { sleep } from "./_owned_connection.ts";
+import { type OwnedConnection, sleep } from "./_owned_connection.ts";
 import { POLL, Script } from "./scripts.ts";
-import type { PopOwner, WakeTransport } from "./_blocking_pop.ts";
-import { backoff, stopsOn } from "./_blocking_pop.ts";
+import { backoff, type PopOwner, WakeTransport } from "./_wake_transport.ts";
 import { deferred } from "./_deferred.ts";
 
 const pollScript = new Script(POLL, () => []);
@@ -32,15 +30,10 @@ const pollScript = new Script(POLL, () => []);
 const now = () => performance.now();
 
 /** Wake-ups fetched by polling. */
-export class PollingPop implements WakeTransport {
-  readonly #connection: OwnedConnection;
-  readonly #owner: PopOwner;
-  readonly #wakeKey: string;
+export class PollingPop extends WakeTransport {
   readonly #interval: () => number;
-  #loop: Promise<void> | undefined;
   /** Ends the pause between two polls early, to close. */
   #nudge: { promise: Promise<void>; resolve: () => void } | undefined;
-  #closed = false;
 
   /**
    * @param connection The waiter's command connection.
@@ -55,22 +48,8 @@ export class PollingPop implements WakeTransport {
     wakeKey: string,
     interval: () => number,
   ) {
-    this.#connection = connection;
-    this.#owner = owner;
-    this.#wakeKey = wakeKey;
+    super(connection, owner, wakeKey);
     this.#interval = interval;
-  }
-
-  get isOpen(): boolean {
-    return this.#connection.isOpen;
-  }
-
-  get running(): boolean {
-    return this.#loop !== undefined;
-  }
-
-  get failing(): { since: number; error: unknown } | undefined {
-    return this.#connection.failing;
   }
 
   /**
@@ -80,45 +59,39 @@ export class PollingPop implements WakeTransport {
    * name starts waiting).
    */
   pump(): void {
-    if (this.#closed || this.#loop !== undefined) return;
-    if (this.#owner.wanted() === undefined) return;
-    this.#loop = this.#run().finally(() => this.#loop = undefined);
+    if (this.closed || this.running) return;
+    if (this.owner.wanted() !== undefined) this.start();
   }
 
-  async #run(): Promise<void> {
+  protected async run(): Promise<void> {
     /** The signal lists of the polls that failed since the last answer. */
-    let failedKeys: string[] | undefined;
+    let failedKeys: Map<string, number> | undefined;
     let failures = 0;
     for (;;) {
-      const wanted = this.#owner.wanted();
-      if (this.#closed || wanted === undefined) return;
+      const wanted = this.owner.wanted();
+      if (this.closed || wanted === undefined) return;
       const sentAt = now();
       let reply;
       try {
         reply = await pollScript.run(
-          this.#connection,
-          [this.#wakeKey, ...wanted.keys()],
+          this.connection,
+          [this.wakeKey, ...wanted.keys()],
           [],
         );
       } catch (error) {
-        failedKeys = [...new Set([...failedKeys ?? [], ...wanted.keys()])];
-        if (stopsOn(error, this.#closed, this.#owner)) return;
+        failedKeys = new Map([...failedKeys ?? [], ...wanted]);
+        if (this.stops(error)) return;
         await sleep(backoff(++failures));
         continue;
       }
       if (failedKeys !== undefined) {
-        this.#owner.recovered(failedKeys);
+        this.owner.recovered(failedKeys);
         failedKeys = undefined;
         failures = 0;
       }
-      // Delivered even when closing: a wake-up taken must be used or put back.
-      const [key, value] = (reply ?? []) as string[];
-      if (key !== this.#wakeKey) this.#owner.empty(sentAt);
-      if (key !== undefined) {
-        this.#owner.popped(key, value, wanted.get(key) ?? 1000);
-        continue;
-      }
-      if (this.#closed) return;
+      // More may wait behind a wake-up: poll again at once.
+      if (this.deliver(reply, wanted, sentAt)) continue;
+      if (this.closed) return;
       const nudge = this.#nudge = deferred<void>();
       await sleep(this.#interval() * (1 + Math.random() / 2), nudge);
       this.#nudge = undefined;
@@ -130,8 +103,8 @@ export class PollingPop implements WakeTransport {
 
   /** Stops polling. */
   async close(): Promise<void> {
-    this.#closed = true;
+    this.closed = true;
     this.#nudge?.resolve();
-    await this.#loop;
+    await this.ended();
   }
 }

@@ -32,12 +32,8 @@ import {
   WAKE_PREFIX,
 } from "./keys.ts";
 import { INSPECT, INTERRUPT as INTERRUPT_SCRIPT, Script } from "./scripts.ts";
-import {
-  BlockingPop,
-  INTERRUPT,
-  type PopOwner,
-  type WakeTransport,
-} from "./_blocking_pop.ts";
+import { BlockingPop, INTERRUPT } from "./_blocking_pop.ts";
+import type { PopOwner, WakeTransport } from "./_wake_transport.ts";
 import { PollingPop } from "./_polling_pop.ts";
 import type { Transport } from "./options.ts";
 import { NameWaits, type WaiterContext } from "./_name_waits.ts";
@@ -291,12 +287,12 @@ export class Waiter implements WaiterContext {
    * are the signal lists the failed `BLPOP` covered, whose wake-up may have
    * been popped with a reply that was lost.
    */
-  #recovered(keys: readonly string[]): void {
+  #recovered(keys: ReadonlyMap<string, number>): void {
     this.#checkAll();
-    for (const key of keys) {
+    for (const [key, signalExpire] of keys) {
       const name = key.slice(SIGNAL_PREFIX.length);
       if (!this.#names.get(name)?.listens) {
-        this.putBack(lockKeys(name), 1000, "");
+        this.putBack(lockKeys(name), signalExpire, "");
       }
     }
   }

@@ -98,6 +98,31 @@ export async function clientIds(raw: RespClient): Promise<string[]> {
   return [...list.matchAll(/\bid=(\d+)/g)].map((match) => match[1]);
 }
 
+/**
+ * Kills every connection but the bed's own and those of `spare` (the
+ * applications'), `rounds` times, `pause` ms apart: the library's own
+ * connections must recover each time.
+ */
+export async function killOwnConnections(
+  env: Pick<Bed, "command" | "raw">,
+  spare: readonly Redis[],
+  rounds = 3,
+  pause = 300,
+): Promise<void> {
+  const spared = new Set([
+    String(await env.command("CLIENT", "ID")),
+    ...await Promise.all(
+      spare.map(async (client) => String(await client.call("CLIENT", "ID"))),
+    ),
+  ]);
+  for (let round = 0; round < rounds; round++) {
+    for (const id of await clientIds(env.raw)) {
+      if (!spared.has(id)) await env.command("CLIENT", "KILL", "ID", id);
+    }
+    await delay(pause);
+  }
+}
+
 /** Resolves with `performance.now()` when the signal aborts. */
 export function abortedAt(signal: AbortSignal): Promise<number> {
   return new Promise((resolve) =>

@@ -7,7 +7,13 @@
 
 import assert from "node:assert/strict";
 import { Lock, LockError, shutdown } from "../mod.ts";
-import { bed, clientIds, delay, eventually } from "./_bed.ts";
+import {
+  bed,
+  clientIds,
+  delay,
+  eventually,
+  killOwnConnections,
+} from "./_bed.ts";
 import { blockedClients, queued } from "./_scenarios.ts";
 import { RespClient } from "./_resp.ts";
 
@@ -78,17 +84,7 @@ Deno.test("waits of every name live through the killing of the waiting connectio
   for (const name of names) await queued({ raw: env.command }, name);
   await blockedClients({ raw: env.command }, 1);
   // Kill every connection but the test's own and the applications'.
-  const spared = new Set([
-    String(await env.command("CLIENT", "ID")),
-    String(await holderClient.call("CLIENT", "ID")),
-    String(await client.call("CLIENT", "ID")),
-  ]);
-  for (let round = 0; round < 3; round++) {
-    for (const id of await clientIds(env.raw)) {
-      if (!spared.has(id)) await env.command("CLIENT", "KILL", "ID", id);
-    }
-    await delay(300);
-  }
+  await killOwnConnections(env, [holderClient, client]);
   for (const holder of holders) await holder.release();
   assert.deepEqual(await Promise.all(waits), [true, true]);
   for (const waiter of waiters) await waiter.release();

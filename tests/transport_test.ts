@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { acquire, Lock, LockError, shutdown } from "../mod.ts";
-import { bed, clientIds, delay } from "./_bed.ts";
+import { bed, delay, killOwnConnections } from "./_bed.ts";
 import { HttpLikeClient } from "./_clients.ts";
 import { RespClient } from "./_resp.ts";
 import { queued } from "./_scenarios.ts";
@@ -120,17 +120,7 @@ Deno.test("transport poll on a client that opens connections polls on its own co
   const waiting = waiter.acquire({ timeout: 20_000 });
   await queued({ raw: env.command }, "own");
   // Killing the waiter's connections: polls recover on a new one.
-  const spared = new Set([
-    String(await env.command("CLIENT", "ID")),
-    String(await holderClient.call("CLIENT", "ID")),
-    String(await client.call("CLIENT", "ID")),
-  ]);
-  for (let round = 0; round < 3; round++) {
-    for (const id of await clientIds(env.raw)) {
-      if (!spared.has(id)) await env.command("CLIENT", "KILL", "ID", id);
-    }
-    await delay(200);
-  }
+  await killOwnConnections(env, [holderClient, client], 3, 200);
   await holder.release();
   assert.equal(await waiting, true);
   await waiter.release();
