@@ -39,6 +39,8 @@ export interface SafetyEvent {
   readonly token?: number;
   readonly seq?: number;
   readonly attempt?: number;
+  /** `write`: when the store answered. */
+  readonly answered?: number;
   readonly accepted?: boolean | null;
   readonly message?: string;
 }
@@ -295,7 +297,8 @@ export class SafetyRun {
       const mine = holdingOf(write);
       const newer = holdings.filter((h) => h.from > mine.from);
       if (
-        write.accepted === false && !newer.some((h) => h.from < write.attempt!)
+        write.accepted === false &&
+        !newer.some((h) => h.from < write.answered!)
       ) {
         refused.push(
           `worker ${write.worker} token ${write.token} refused while newest`,

@@ -90,7 +90,9 @@ while (!stopping.signal.aborted) {
     } catch {
       // the store is never faulted; a failure here is reported as null
     }
-    emit({ type: "write", token, seq, attempt, accepted });
+    // The write may run long after `attempt` (the process paused in
+    // between): a refusal is judged by when its answer came.
+    emit({ type: "write", token, seq, attempt, answered: now(), accepted });
     await delay(Number(hold) / WRITES);
   }
   if (!lock.signal.aborted) {
