@@ -33,6 +33,8 @@
 
 export { acquire, Lock } from "./src/lock.ts";
 export { resetAll } from "./src/reset_all.ts";
+export { Redlock, RedlockLock } from "./src/redlock.ts";
+export type { RedlockLockOptions, RedlockOptions } from "./src/redlock.ts";
 export { shutdown } from "./src/waiter.ts";
 export type { ResetAllOptions } from "./src/reset_all.ts";
 export { ConnectableClient, withConnect } from "./src/clients.ts";

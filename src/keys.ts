@@ -57,6 +57,15 @@ export const ALIVE_PREFIX = "lock-alive:";
 export const FENCE_KEY = "lock-fence";
 
 /**
+ * When the server started, in ms of its own clock (Redlock's masters): a
+ * master that lost its data grants no lock with expiry `e` until `e` ms
+ * after it started, since holders may still count it among their quorum.
+ * Missing after a restart without persistence; the first acquirer sets it
+ * from the server's uptime.
+ */
+export const START_KEY = "lock-start";
+
+/**
  * Milliseconds a waiting process stays alive in Redis without a refresh;
  * it refreshes every second while queued.
  */

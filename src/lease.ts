@@ -66,7 +66,11 @@ const now = () => performance.now();
  * fire early, and longer delays than `setTimeout` honours are split. The
  * timer does not keep the process alive.
  */
-function at(time: number, callback: () => void, set: (t: Timer) => void) {
+export function at(
+  time: number,
+  callback: () => void,
+  set: (t: Timer) => void,
+) {
   const left = time - now();
   if (left <= 0) {
     callback();

@@ -38,6 +38,12 @@ import {
   Script,
 } from "./scripts.ts";
 import {
+  Redlock,
+  REDLOCK_OPTIONS,
+  type RedlockLock,
+  type RedlockLockOptions,
+} from "./redlock.ts";
+import {
   type Acquisition,
   drivesName,
   type Waiter,
@@ -704,17 +710,50 @@ export class Lock implements AsyncDisposable {
  * await work(lock.signal);
  * ```
  */
-export async function acquire(
+export function acquire(
   client: RedisClient,
   name: string,
   options?: AcquireLockOptions,
-): Promise<Lock> {
+): Promise<Lock>;
+/**
+ * Creates a {@linkcode RedlockLock} over the masters of `redlock` and
+ * acquires it.
+ *
+ * @param redlock The masters.
+ * @param name The lock's name.
+ * @param options The lock's options and the acquisition's.
+ * @returns The held lock; leaving an `await using` scope releases it.
+ * @throws {AcquireTimeoutError} When `timeout` elapsed.
+ * @throws {NotAcquiredError} When the lock is busy and `blocking` is false.
+ * @throws {LockError} When too many masters failed, at the last attempt.
+ *
+ * @example
+ * ```ts ignore
+ * import { acquire, Redlock } from "@x/redis-lock";
+ *
+ * const redlock = new Redlock([redisA, redisB, redisC]);
+ * await using lock = await acquire(redlock, "report:42", { expire: 10_000 });
+ * ```
+ */
+export function acquire(
+  redlock: Redlock,
+  name: string,
+  options?: RedlockLockOptions & AcquireOptions,
+): Promise<RedlockLock>;
+export async function acquire(
+  target: RedisClient | Redlock,
+  name: string,
+  options?: AcquireLockOptions,
+): Promise<Lock | RedlockLock> {
+  const redlock = target instanceof Redlock ? target : undefined;
   const { blocking, timeout, signal, ...lockOptions } = optionsObject(
     "acquire",
     options,
-    [...LOCK_OPTIONS, ...ACQUIRE_OPTIONS],
+    [...(redlock ? REDLOCK_OPTIONS : LOCK_OPTIONS), ...ACQUIRE_OPTIONS],
   ) as AcquireLockOptions;
-  const lock = new Lock(client, name, lockOptions);
+  const lock = redlock
+    ? redlock.lock(name, lockOptions)
+    : new Lock(target as RedisClient, name, lockOptions);
   if (await lock.acquire({ blocking, timeout, signal })) return lock;
   if (blocking === false) {
     throw new NotAcquiredError(`Lock '${name}' is held by another owner`);

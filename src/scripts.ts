@@ -509,6 +509,79 @@ end
 return false
 `;
 
+/**
+ * Redlock, on one master. KEYS: lock, fence, start. ARGV: id, expire (ms).
+ * Sets the lock for `id` unless another id holds it, and draws a fencing
+ * token. A master whose start is unknown (its data is new) answers `{-1}`
+ * and sets nothing: the caller learns the uptime and runs R_START. A
+ * master that started less than `expire` ms ago abstains: `{-2, ms left}`.
+ * Replies `{1, token}`, or `{0, pttl, holder}` when held by another id. Run
+ * twice (a re-sent command), it grants the same id again.
+ */
+export const R_ACQUIRE = `
+${EFFECTS}
+local started = redis.call('get', KEYS[3])
+if not started then return {-1} end
+local clock = redis.call('time')
+local ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local wait = tonumber(started) + tonumber(ARGV[2]) - ms
+if wait > 0 then return {-2, wait} end
+local holder = redis.call('get', KEYS[1])
+if holder and holder ~= ARGV[1] then
+  return {0, redis.call('pttl', KEYS[1]), holder}
+end
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+${draw(2)}
+return {1, string.format('%d', token)}
+`;
+
+/**
+ * KEYS: start. ARGV: the server's uptime in ms. Records when the server
+ * started, unless someone did.
+ */
+export const R_START = `
+${EFFECTS}
+if redis.call('exists', KEYS[1]) == 1 then return 0 end
+local clock = redis.call('time')
+local ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+redis.call('set', KEYS[1], string.format('%d', ms - tonumber(ARGV[1])))
+return 1
+`;
+
+/**
+ * KEYS: fence. ARGV: token. Raises the counter to the token a Redlock
+ * acquisition took (the highest of its quorum), so that any later quorum,
+ * which shares a master with this one, draws a higher one.
+ */
+export const R_RAISE = `
+local fence = redis.call('get', KEYS[1])
+local epoch, last
+if fence then epoch, last = string.match(fence, '^(%d+):(%d+)$') end
+if not epoch then epoch, last = ARGV[1], 0 end
+if tonumber(last) < tonumber(ARGV[1]) then
+  redis.call('set', KEYS[1], epoch .. ':' .. ARGV[1])
+end
+return 1
+`;
+
+/** KEYS: lock. ARGV: id, expire (ms). Sets the expiry if `id` holds it: 1, else 0. */
+export const R_EXTEND = `
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('pexpire', KEYS[1], ARGV[2])
+return 1
+`;
+
+/**
+ * KEYS: lock, signal. ARGV: signal expiry, id. Deletes the lock if `id`
+ * holds it and leaves python-redis-lock's wake-up: 1, else 0.
+ */
+export const R_RELEASE = `
+if redis.call('get', KEYS[1]) ~= ARGV[2] then return 0 end
+redis.call('del', KEYS[1])
+${SIGNAL}
+return 1
+`;
+
 /** Anything that sends a command: a client's connection, or one of ours. */
 export interface Sender {
   send(command: string, args: readonly string[]): Promise<Reply>;

@@ -50,6 +50,9 @@ const interruptScript = new Script(INTERRUPT_SCRIPT, () => []);
 /** Seconds a `BLPOP` blocks, and the period of the waiter's look at its names. */
 const TICK = 1;
 
+/** Milliseconds between polls for listeners, with the `"poll"` transport. */
+const LISTEN_POLL = 100;
+
 /** Milliseconds an idle waiter keeps its connections before closing them. */
 const IDLE = 1_000;
 
@@ -79,6 +82,14 @@ export class Waiter implements WaiterContext {
   readonly #names = new Map<string, NameWaits>();
   /** Names waited for lately, and when their waits ended. */
   readonly #lately = new Map<string, number>();
+  /**
+   * Signal lists listened to without a wait of this library's queue
+   * (Redlock's waiters), with their signal expiry and who to wake.
+   */
+  readonly #listeners = new Map<
+    string,
+    { readonly signalExpire: number; readonly wake: Set<() => void> }
+  >();
   /** Tickets that may receive a hand-over, and their names. */
   readonly #tickets = new Map<string, NameWaits>();
   readonly #pop: WakeTransport;
@@ -130,6 +141,7 @@ export class Waiter implements WaiterContext {
         interval = Math.min(interval, wait.request.pollInterval);
       }
     }
+    if (this.#listeners.size > 0) interval = Math.min(interval, LISTEN_POLL);
     return interval === Infinity ? TICK * 1000 : interval;
   }
 
@@ -234,8 +246,49 @@ export class Waiter implements WaiterContext {
       keys ??= new Map();
       keys.set(waits.keys.signal, waits.signalExpire);
     }
+    for (const [key, { signalExpire }] of this.#listeners) {
+      keys ??= new Map();
+      keys.set(key, signalExpire);
+    }
     if (keys === undefined && this.#tickets.size > 0) keys = new Map();
     return keys;
+  }
+
+  /**
+   * Calls `wake` once, at the next wake-up left in the signal list of
+   * `keys` (by a release or a reset on this server, of either library), or
+   * when the transport recovers from a failure that may have lost one. The
+   * returned function stops listening; it must be called on every path.
+   */
+  listen(keys: LockKeys, signalExpire: number, wake: () => void): () => void {
+    if (this.#closed) return () => {};
+    let listener = this.#listeners.get(keys.signal);
+    if (listener === undefined) {
+      listener = { signalExpire, wake: new Set() };
+      this.#listeners.set(keys.signal, listener);
+    }
+    listener.wake.add(wake);
+    clearTimeout(this.#idleTimer);
+    this.#idleTimer = undefined;
+    this.#pop.pump();
+    return () => {
+      const current = this.#listeners.get(keys.signal);
+      if (current?.wake.delete(wake) && current.wake.size === 0) {
+        this.#listeners.delete(keys.signal);
+      }
+      if (this.#names.size === 0 && this.#listeners.size === 0) {
+        this.#idleSoon();
+      }
+    };
+  }
+
+  /** Wakes the listeners of a signal list, once; whether there were any. */
+  #wakeListeners(key: string): boolean {
+    const listener = this.#listeners.get(key);
+    if (listener === undefined) return false;
+    this.#listeners.delete(key);
+    for (const wake of listener.wake) wake();
+    return true;
   }
 
   /** A hand-over, or an interrupt, from the wake list. */
@@ -263,6 +316,7 @@ export class Waiter implements WaiterContext {
       waits.signalled(value);
       return;
     }
+    if (this.#wakeListeners(key)) return;
     this.putBack(lockKeys(name), signalExpire, value);
   }
 
@@ -291,9 +345,8 @@ export class Waiter implements WaiterContext {
     this.#checkAll();
     for (const [key, signalExpire] of keys) {
       const name = key.slice(SIGNAL_PREFIX.length);
-      if (!this.#names.get(name)?.listens) {
-        this.putBack(lockKeys(name), signalExpire, "");
-      }
+      if (this.#names.get(name)?.listens || this.#wakeListeners(key)) continue;
+      this.putBack(lockKeys(name), signalExpire, "");
     }
   }
 
@@ -339,7 +392,8 @@ export class Waiter implements WaiterContext {
     if (this.#idleTimer !== undefined || this.#closed) return;
     this.#idleTimer = setTimeout(() => {
       this.#idleTimer = undefined;
-      if (this.#names.size > 0) return; // their end brings another idle spell
+      // Their end brings another idle spell.
+      if (this.#names.size > 0 || this.#listeners.size > 0) return;
       if (this.#loose.size > 0 || this.#pop.running || !this.control.idle) {
         // The last BLPOP or command is still on its way: look again later.
         this.#idleSoon();
@@ -369,6 +423,7 @@ export class Waiter implements WaiterContext {
         wait.giveUp({ reason: shutDown(waits.name) });
       }
     }
+    for (const key of [...this.#listeners.keys()]) this.#wakeListeners(key);
     const cleaned = Promise.all([
       ...names.map((waits) => waits.drained),
       ...this.#loose,

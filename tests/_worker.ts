@@ -9,16 +9,21 @@
  *   deno run tests/_worker.ts queue <port> <name>
  *     waits for the lock (first come, first served) until killed.
  *
+ *   deno run tests/_worker.ts redlock <ports,…> <name> <ms> <store port>
+ *     for <ms>, acquires a Redlock over the masters on <ports> and
+ *     increments `counter:<name>` on the store with a non-atomic GET then
+ *     SET; prints the holdings (cut short where the lock was lost) as JSON.
+ *
  *   deno run tests/_worker.ts hold <port> <name> <start-at-epoch-ms>
  *     waits until the given time, acquires (blocking, no expiry), counts the
  *     acquisition in `acquired:<name>`, and holds the lock until killed.
  */
 
 import { Redis } from "ioredis";
-import { acquire, shutdown } from "../mod.ts";
+import { acquire, Redlock, shutdown } from "../mod.ts";
 
-const [mode, port, name, arg] = Deno.args;
-const redis = new Redis(Number(port), "127.0.0.1");
+const [mode, port, name, arg, storePort] = Deno.args;
+const redis = new Redis(Number(port.split(",")[0]), "127.0.0.1");
 const now = () => performance.timeOrigin + performance.now();
 
 if (mode === "count") {
@@ -34,6 +39,40 @@ if (mode === "count") {
   console.log(JSON.stringify({ pid: Deno.pid, intervals }));
   await shutdown(redis);
   await redis.quit();
+} else if (mode === "redlock") {
+  const masters = port.split(",").map((p) => {
+    const client = new Redis(Number(p), "127.0.0.1", {
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => 50,
+    });
+    client.on("error", () => {});
+    return client;
+  });
+  const store = new Redis(Number(storePort), "127.0.0.1");
+  const redlock = new Redlock(masters);
+  const intervals: [number, number][] = [];
+  const until = performance.now() + Number(arg);
+  while (performance.now() < until) {
+    const lock = redlock.lock(name, { expire: 600 });
+    try {
+      if (!await lock.acquire({ timeout: 1_000 })) continue;
+    } catch {
+      continue; // too many masters down for a moment
+    }
+    const start = now();
+    let end = Infinity;
+    lock.signal.addEventListener("abort", () => end = now());
+    const value = Number(await store.get(`counter:${name}`) ?? 0);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    await store.set(`counter:${name}`, value + 1);
+    intervals.push([start, Math.min(now(), end)]);
+    await lock.release().catch(() => {});
+  }
+  console.log(JSON.stringify({ pid: Deno.pid, intervals }));
+  for (const client of [...masters, store, redis]) {
+    await shutdown(client);
+    client.disconnect();
+  }
 } else if (mode === "queue") {
   await acquire(redis, name);
   await new Promise(() => {}); // killed while waiting, or holding

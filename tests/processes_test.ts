@@ -96,3 +96,55 @@ Deno.test("the demo shows no lost update with the lock", async () => {
   assert.equal(code, 0, output);
   assert.match(output, /with @x\/redis-lock .* ✔ no update lost/);
 });
+
+Deno.test("Redlock: no two processes hold the lock at once while masters restart, and no update is lost", async () => {
+  const processes = 3;
+  const servers = await Promise.all(
+    Array.from({ length: 5 }, () => RedisServer.start()),
+  );
+  await using store = await RedisServer.start();
+  try {
+    for (const server of servers) {
+      const raw = await RespClient.connect(server.port);
+      await raw.command("SET", "lock-start", "0"); // new masters: no wait
+      await raw.close();
+    }
+    const ports = servers.map((server) => String(server.port)).join(",");
+    const children = Array.from(
+      { length: processes },
+      () => spawn("redlock", ports, "redlock", "3000", String(store.port)),
+    );
+    // Restart masters one at a time, empty, while the workers run.
+    for (let round = 0; round < 5; round++) {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      await servers[round % 5].restart();
+    }
+    const results = await Promise.all(children.map((child) => child.output()));
+    const intervals: [number, number, number][] = [];
+    for (const result of results) {
+      assert.equal(result.code, 0);
+      const { pid, intervals: own } = JSON.parse(
+        new TextDecoder().decode(result.stdout),
+      );
+      for (const [start, end] of own) intervals.push([start, end, pid]);
+    }
+    assert.ok(intervals.length >= 30, `${intervals.length} holdings`);
+    intervals.sort((a, b) => a[0] - b[0]);
+    for (let i = 1; i < intervals.length; i++) {
+      const [start, , pid] = intervals[i];
+      const [, previousEnd, previousPid] = intervals[i - 1];
+      assert.ok(
+        start >= previousEnd,
+        `process ${pid} acquired at ${start} while ${previousPid} held the lock until ${previousEnd}`,
+      );
+    }
+    const raw = await RespClient.connect(store.port);
+    assert.equal(
+      await raw.command("GET", "counter:redlock"),
+      String(intervals.length),
+    );
+    await raw.close();
+  } finally {
+    for (const server of servers) await server[Symbol.asyncDispose]();
+  }
+});
