@@ -4,13 +4,16 @@
  * loops acquire → hold → release on one lock name with the implementation
  * it is given, and prints its count and acquire waits as JSON.
  *
- *   deno run -A bench/_contention_worker.ts <implementation> <port> <hold ms> <seconds>
+ *   deno run -A bench/_contention_worker.ts <implementation> <port>[,<port>…] <hold ms> <seconds>
+ *
+ * Implementations over three masters (their names end in "× 3 masters")
+ * get a client per port; the others use the first.
  */
 
 import { Redis } from "ioredis";
 import Redlock from "redlock";
 import { Mutex } from "redis-semaphore";
-import { Lock, shutdown } from "../mod.ts";
+import { Lock, Redlock as OurRedlock, shutdown } from "../mod.ts";
 
 /** One implementation: resolves once acquired; the result releases. */
 export type Acquire = () => Promise<() => Promise<unknown>>;
@@ -23,7 +26,7 @@ const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 /** The implementations compared, by the names the harness passes. */
 export const implementations: Record<
   string,
-  (redis: Redis, name: string) => Acquire
+  (redis: Redis, name: string, masters: Redis[]) => Acquire
 > = {
   "@x/redis-lock": (redis, name) => {
     const lock = new Lock(redis, name, { expire: EXPIRE });
@@ -48,6 +51,20 @@ export const implementations: Record<
   },
   "redlock (retryDelay 10)": (redis, name) => {
     const redlock = new Redlock([redis], { retryDelay: 10 });
+    return retrying(async () => {
+      const lock = await redlock.acquire([name], EXPIRE);
+      return () => lock.release();
+    });
+  },
+  "@x/redis-lock Redlock × 3 masters": (_redis, name, masters) => {
+    const lock = new OurRedlock(masters).lock(name, { expire: EXPIRE });
+    return async () => {
+      await lock.acquire();
+      return () => lock.release();
+    };
+  },
+  "redlock (retryDelay 10) × 3 masters": (_redis, name, masters) => {
+    const redlock = new Redlock(masters, { retryDelay: 10 });
     return retrying(async () => {
       const lock = await redlock.acquire([name], EXPIRE);
       return () => lock.release();
@@ -95,14 +112,21 @@ function retrying(acquire: Acquire): Acquire {
 }
 
 if (import.meta.main) {
-  const [implementation, port, hold, seconds] = Deno.args;
-  const redis = new Redis(Number(port), "127.0.0.1");
-  const acquire = implementations[implementation](redis, NAME);
+  const [implementation, ports, hold, seconds] = Deno.args;
+  const masters = ports.split(",").map((port) =>
+    new Redis(Number(port), "127.0.0.1")
+  );
+  const redis = masters[0];
+  const acquire = implementations[implementation](redis, NAME, masters);
   const holdMs = Number(hold);
 
   // Warm up (load scripts, compile the code paths) on a lock of its own,
   // then the start barrier: ready, then one go for everyone.
-  const warmUp = implementations[implementation](redis, `warm-up:${Deno.pid}`);
+  const warmUp = implementations[implementation](
+    redis,
+    `warm-up:${Deno.pid}`,
+    masters,
+  );
   await (await warmUp())();
   await redis.incr("bench:ready");
   await redis.blpop("bench:go", 0);
@@ -117,7 +141,9 @@ if (import.meta.main) {
     await release();
   }
   console.log(JSON.stringify({ acquisitions: waits.length, waits }));
-  await shutdown(redis);
-  redis.disconnect();
+  for (const master of masters) {
+    await shutdown(master);
+    master.disconnect();
+  }
   Deno.exit(0);
 }

@@ -8,6 +8,8 @@
  * - @x/redis-lock (this library)
  * - node-redlock, with its defaults and with `retryDelay: 10`
  * - redis-semaphore's Mutex, with its defaults
+ * - over three masters: this library's Redlock, and node-redlock with
+ *   `retryDelay: 10` (commands are counted on all three)
  * - a naive SET NX PX that polls every 10 ms
  *
  * For each case it prints: total acquisitions, per-worker min / avg / max
@@ -79,26 +81,47 @@ function commandCalls(info: string, workers: number): number {
   return total - workers - 1;
 }
 
-async function run(redis: Redis, port: number, c: Case): Promise<Result> {
-  await redis.flushall();
+/** Whether an implementation runs over the three masters. */
+const overMasters = (implementation: string) =>
+  implementation.endsWith("× 3 masters");
+
+async function run(
+  redis: Redis,
+  ports: number[],
+  others: Redis[],
+  c: Case,
+): Promise<Result> {
+  const masters = overMasters(c.implementation) ? [redis, ...others] : [redis];
+  for (const master of [redis, ...others]) {
+    await master.flushall();
+    // New data, but no lock was held before: Redlock need not wait.
+    await master.set("lock-start", "0");
+  }
   const children = Array.from(
     { length: c.workers },
     () =>
       denoScript(worker, [
         c.implementation,
-        String(port),
+        ports.slice(0, masters.length).join(","),
         String(c.hold),
         String(SECONDS),
       ], { stdout: "piped", stderr: "inherit" }).spawn(),
   );
   while (Number(await redis.get("bench:ready")) < c.workers) await delay(20);
-  await redis.config("RESETSTAT");
+  for (const master of masters) await master.config("RESETSTAT");
   await redis.lpush("bench:go", ...Array(c.workers).fill("1"));
   await delay(SECONDS * 500);
   const clientsInfo = await redis.info("clients");
   const clients = Number(/connected_clients:(\d+)/.exec(clientsInfo)![1]) - 1;
   const outputs = await Promise.all(children.map((child) => child.output()));
-  const stats = await redis.info("commandstats");
+  let commands = 0;
+  for (const [i, master] of masters.entries()) {
+    const info = await master.info("commandstats");
+    // The start barrier runs on the first master only.
+    commands += i === 0
+      ? commandCalls(info, c.workers)
+      : commandCalls(info, -1);
+  }
 
   const counts: number[] = [];
   const waits: number[] = [];
@@ -125,7 +148,7 @@ async function run(redis: Redis, port: number, c: Case): Promise<Result> {
     fairness: max === 0 ? 0 : min / max,
     p50: percentile(waits, 0.5),
     p99: percentile(waits, 0.99),
-    commandsPerAcquisition: commandCalls(stats, c.workers) / total,
+    commandsPerAcquisition: commands / total,
     clients,
   };
 }
@@ -149,7 +172,11 @@ const HEADER =
   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";
 
 await using server = await RedisServer.start();
+await using second = await RedisServer.start();
+await using third = await RedisServer.start();
 const redis = new Redis(server.port, server.hostname);
+const others = [second, third].map((s) => new Redis(s.port, s.hostname));
+const ports = [server, second, third].map((s) => s.port);
 const version = /redis_version:(\S+)/.exec(await redis.info("server"))![1];
 console.log(
   `Contention benchmark: T = ${SECONDS} s per case, redis ${version} on loopback, ioredis, ${navigator.hardwareConcurrency} cores.\n`,
@@ -159,7 +186,7 @@ const results: Result[] = [];
 for (const hold of HOLDS) {
   for (const workers of WORKERS) {
     for (const implementation of NAMES) {
-      const result = await run(redis, server.port, {
+      const result = await run(redis, ports, others, {
         implementation,
         workers,
         hold,
@@ -170,6 +197,7 @@ for (const hold of HOLDS) {
   }
 }
 redis.disconnect();
+for (const other of others) other.disconnect();
 
 await Deno.mkdir(new URL("./results/", import.meta.url), { recursive: true });
 await Deno.writeTextFile(
