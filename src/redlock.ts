@@ -360,6 +360,11 @@ export class RedlockLock implements AsyncDisposable {
       );
     }
     this.#acquiring = true;
+    // Heard for the whole call, so that a release between two attempts is
+    // not missed and the waiting connections cover a steady set of keys.
+    const wakeUps = blocking && timeout > 0
+      ? new WakeUps(this.#redlock.masters, this.#keys, this.#signalExpire)
+      : undefined;
     try {
       const deadline = blocking ? now() + timeout : -Infinity;
       for (;;) {
@@ -378,9 +383,10 @@ export class RedlockLock implements AsyncDisposable {
           if (attempt.busy) return false;
           throw attempt.error;
         }
-        await this.#sleep(attempt, left, signal);
+        await this.#sleep(attempt, left, wakeUps!, signal);
       }
     } finally {
+      wakeUps?.stop();
       this.#acquiring = false;
     }
   }
@@ -538,43 +544,28 @@ export class RedlockLock implements AsyncDisposable {
 
   /**
    * Sleeps until a master leaves a wake-up, the lock may be free (the
-   * earliest expiry seen), the pause for a split or failure passes, or
-   * `left` ms; a random part keeps competitors apart.
+   * earliest expiry seen, at most a `TICK` away), the pause for a split or
+   * failure passes, or `left` ms; a random part keeps competitors apart.
    */
   async #sleep(
     attempt: Extract<Attempt, { ok: false }>,
     left: number,
+    wakeUps: WakeUps,
     signal: AbortSignal | undefined,
   ): Promise<void> {
-    const { retryDelay, masters } = this.#redlock;
+    const { retryDelay } = this.#redlock;
     const jitter = Math.random() * retryDelay / 2;
     const pause = attempt.freeAt !== undefined
       ? Math.min(attempt.freeAt - now(), TICK)
       : retryDelay;
-    const ms = Math.min(Math.max(0, pause) + jitter, left);
-    let byRelease = false;
-    let wake!: () => void;
-    const woken = new Promise<void>((resolve) => wake = resolve);
-    const stops = masters.map(({ connection }) =>
-      waiterOf(connection).listen(this.#keys, this.#signalExpire, () => {
-        byRelease = true;
-        wake();
-      })
+    const woken = await wakeUps.next(
+      Math.min(Math.max(0, pause) + jitter, left),
+      signal,
     );
-    const timer = setTimeout(wake, ms);
-    const onAbort = () => wake();
-    signal?.addEventListener("abort", onAbort, { once: true });
-    try {
-      await woken;
-    } finally {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
-      for (const stop of stops) stop();
-    }
     signal?.throwIfAborted();
     // Woken by a release: other waiters may have been too; starting a few
     // ms apart, they do not split the masters between them.
-    if (byRelease) {
+    if (woken) {
       await new Promise((resolve) => setTimeout(resolve, Math.random() * 4));
     }
   }
@@ -718,6 +709,58 @@ export class RedlockLock implements AsyncDisposable {
     if (!holding.lost) return;
     await this.#letGo();
     throw holding.reason;
+  }
+}
+
+/** The wake-ups of every master for one lock, heard while an acquire waits. */
+class WakeUps {
+  readonly #stops: (() => void)[];
+  /** A wake-up came since the last `next()`. */
+  #pending = false;
+  #ring: (() => void) | undefined;
+
+  constructor(
+    masters: readonly Master[],
+    keys: LockKeys,
+    signalExpire: number,
+  ) {
+    const ring = () => {
+      this.#pending = true;
+      this.#ring?.();
+    };
+    this.#stops = masters.map(({ connection }) =>
+      waiterOf(connection).listen(keys, signalExpire, ring)
+    );
+  }
+
+  /**
+   * Resolves `true` at the next wake-up (at once if one came since the
+   * last call), `false` after `ms` or when `signal` aborts.
+   */
+  async next(ms: number, signal: AbortSignal | undefined): Promise<boolean> {
+    if (!this.#pending) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const onAbort = () => this.#ring?.();
+      try {
+        await new Promise<void>((resolve) => {
+          this.#ring = resolve;
+          timer = setTimeout(resolve, ms);
+          signal?.addEventListener("abort", onAbort, { once: true });
+        });
+      } finally {
+        this.#ring = undefined;
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+      }
+    }
+    const woken = this.#pending;
+    this.#pending = false;
+    return woken;
+  }
+
+  /** Stops listening on every master. */
+  stop(): void {
+    for (const stop of this.#stops) stop();
   }
 }
 

@@ -255,9 +255,10 @@ export class Waiter implements WaiterContext {
   }
 
   /**
-   * Calls `wake` once, at the next wake-up left in the signal list of
-   * `keys` (by a release or a reset on this server, of either library), or
-   * when the transport recovers from a failure that may have lost one. The
+   * Calls `wake` at every wake-up left in the signal list of `keys` (by a
+   * release or a reset on this server, of either library), when the
+   * transport recovers from a failure that may have lost one, and at
+   * shutdown. The wake-up is taken: whoever listens races for the lock. The
    * returned function stops listening; it must be called on every path.
    */
   listen(keys: LockKeys, signalExpire: number, wake: () => void): () => void {
@@ -282,11 +283,10 @@ export class Waiter implements WaiterContext {
     };
   }
 
-  /** Wakes the listeners of a signal list, once; whether there were any. */
+  /** Wakes the listeners of a signal list; whether there were any. */
   #wakeListeners(key: string): boolean {
     const listener = this.#listeners.get(key);
     if (listener === undefined) return false;
-    this.#listeners.delete(key);
     for (const wake of listener.wake) wake();
     return true;
   }
@@ -424,6 +424,7 @@ export class Waiter implements WaiterContext {
       }
     }
     for (const key of [...this.#listeners.keys()]) this.#wakeListeners(key);
+    this.#listeners.clear();
     const cleaned = Promise.all([
       ...names.map((waits) => waits.drained),
       ...this.#loose,
