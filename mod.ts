@@ -41,7 +41,9 @@ export { ConnectableClient, withConnect } from "./src/clients.ts";
 export type {
   DbRedisClient,
   IoRedisClient,
+  IoRedisClusterClient,
   NodeRedisClient,
+  NodeRedisClusterClient,
   RedisClient,
   SendClient,
 } from "./src/clients.ts";

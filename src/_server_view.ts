@@ -16,7 +16,7 @@
  */
 
 import type { Connection } from "./clients.ts";
-import { TURN } from "./keys.ts";
+import { FENCE_KEY, TURN } from "./keys.ts";
 
 /** A holding that learns when the data it was granted in is lost. */
 export interface EpochBound {
@@ -110,14 +110,26 @@ export class ServerView {
   }
 }
 
-const views = new WeakMap<Connection, ServerView>();
+const views = new WeakMap<Connection, Map<string, ServerView>>();
 
-/** The view of the server behind an application connection. */
-export function viewOf(connection: Connection): ServerView {
-  let view = views.get(connection);
+/**
+ * The view of the lock data behind an application connection that one
+ * fencing counter covers: the whole server, or one slot of a Cluster
+ * (whose slots move, and fail over, each on its own).
+ */
+export function viewOf(
+  connection: Connection,
+  fence: string = FENCE_KEY,
+): ServerView {
+  let byFence = views.get(connection);
+  if (byFence === undefined) {
+    byFence = new Map();
+    views.set(connection, byFence);
+  }
+  let view = byFence.get(fence);
   if (view === undefined) {
     view = new ServerView();
-    views.set(connection, view);
+    byFence.set(fence, view);
   }
   return view;
 }

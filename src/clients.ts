@@ -58,6 +58,27 @@ export interface IoRedisClient {
 }
 
 /**
+ * The part of an `ioredis` `Cluster` that a lock uses.
+ *
+ * @example
+ * ```ts ignore
+ * import { Cluster } from "ioredis";
+ * import { acquire } from "@x/redis-lock";
+ *
+ * const cluster = new Cluster([{ host: "10.0.0.1", port: 6379 }]);
+ * await using lock = await acquire(cluster, "report");
+ * ```
+ */
+export interface IoRedisClusterClient {
+  /** Sends one command to the node that owns its key. */
+  call(command: string, ...args: string[]): Promise<unknown>;
+  /** `true`: a Cluster. */
+  readonly isCluster: boolean;
+  /** The node connections (`"master"`: the masters). */
+  nodes(role?: "all" | "master" | "slave"): IoRedisClient[];
+}
+
+/**
  * The part of a `redis` (node-redis v4 or v5) client that a lock uses.
  *
  * @example
@@ -82,6 +103,32 @@ export interface NodeRedisClient {
   disconnect?(): Promise<void>;
   /** Listens for an event (`error`). */
   on?(event: string, listener: (...args: unknown[]) => void): unknown;
+}
+
+/**
+ * The part of a `redis` (node-redis v5) cluster client, made by
+ * `createCluster()`, that a lock uses.
+ *
+ * @example
+ * ```ts ignore
+ * import { createCluster } from "redis";
+ * import { acquire } from "@x/redis-lock";
+ *
+ * const cluster = await createCluster({ rootNodes: [{ url: "redis://10.0.0.1:6379" }] }).connect();
+ * await using lock = await acquire(cluster, "report");
+ * ```
+ */
+export interface NodeRedisClusterClient {
+  /** Sends one command to the node that owns `firstKey`. */
+  sendCommand(
+    firstKey: string | undefined,
+    isReadonly: boolean | undefined,
+    args: string[],
+  ): Promise<unknown>;
+  /** The master nodes. */
+  readonly masters: readonly unknown[];
+  /** The client of one node. */
+  nodeClient(node: unknown): Promise<NodeRedisClient> | NodeRedisClient;
 }
 
 /**
@@ -136,7 +183,9 @@ export class ConnectableClient {
 export type RedisClient =
   | SendClient
   | IoRedisClient
+  | IoRedisClusterClient
   | NodeRedisClient
+  | NodeRedisClusterClient
   | DbRedisClient
   | ConnectableClient;
 
@@ -191,6 +240,10 @@ export interface Connection {
   duplicate(): Promise<Connection>;
   /** Closes a connection made by `duplicate()`. */
   close(): Promise<void>;
+  /** Whether this is a Redis Cluster: the keys of a lock share a slot. */
+  readonly cluster: boolean;
+  /** Each master's own connection (this one, but on a Cluster). */
+  masters(): Promise<Connection[]>;
 }
 
 const decoder = new TextDecoder();
@@ -238,15 +291,29 @@ class Adapter implements Connection {
   readonly #send: Send;
   readonly #duplicate: (() => Promise<Connection>) | undefined;
   readonly #close: () => unknown;
+  readonly #masters: (() => Promise<Connection[]>) | undefined;
 
+  /**
+   * @param masters For a Cluster: each master's connection.
+   */
   constructor(
     send: Send,
     duplicate: (() => Promise<Connection>) | undefined,
     close: () => unknown,
+    masters?: () => Promise<Connection[]>,
   ) {
     this.#send = send;
     this.#duplicate = duplicate;
     this.#close = close;
+    this.#masters = masters;
+  }
+
+  get cluster(): boolean {
+    return this.#masters !== undefined;
+  }
+
+  masters(): Promise<Connection[]> {
+    return this.#masters?.() ?? Promise.resolve([this]);
   }
 
   send(command: string, args: readonly string[]): Promise<Reply> {
@@ -283,6 +350,19 @@ function adapt(client: RedisClient): Connection {
       () => base.close(),
     );
   }
+  if (
+    fn(client, "call") && (client as IoRedisClusterClient).isCluster === true
+  ) {
+    const io = client as IoRedisClusterClient;
+    // Waiting on a Cluster polls with the lock's own scripts: no connection
+    // of the library's own.
+    return new Adapter(
+      (command, args) => io.call(command, ...args),
+      undefined,
+      () => {},
+      () => Promise.resolve(io.nodes("master").map((node) => adapt(node))),
+    );
+  }
   if (fn(client, "call")) {
     const io = client as IoRedisClient;
     return new Adapter(
@@ -311,6 +391,25 @@ function adapt(client: RedisClient): Connection {
       () => plain.close?.(),
     );
   }
+  if (fn(client, "sendCommand") && fn(client, "nodeClient")) {
+    const cluster = client as NodeRedisClusterClient;
+    return new Adapter(
+      (command, args) =>
+        cluster.sendCommand(firstKey(command, args), false, [
+          command,
+          ...args,
+        ]),
+      undefined,
+      () => {},
+      async () => {
+        const masters: Connection[] = [];
+        for (const master of cluster.masters) {
+          masters.push(adapt(await cluster.nodeClient(master)));
+        }
+        return masters;
+      },
+    );
+  }
   if (fn(client, "sendCommand") && fn(client, "duplicate")) {
     const node = client as NodeRedisClient;
     return new Adapter(
@@ -337,6 +436,18 @@ function adapt(client: RedisClient): Connection {
       client === null ? "null" : typeof client
     }`,
   );
+}
+
+/** The key a command is routed by on a Cluster: scripts' first key. */
+function firstKey(
+  command: string,
+  args: readonly string[],
+): string | undefined {
+  const upper = command.toUpperCase();
+  if (upper === "EVAL" || upper === "EVALSHA") {
+    return Number(args[1]) > 0 ? args[2] : undefined;
+  }
+  return args[0];
 }
 
 const connections = new WeakMap<object, Connection>();

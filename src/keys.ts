@@ -104,20 +104,77 @@ export interface LockKeys {
   readonly forClaim: readonly string[];
 }
 
-/** The keys of the lock called `name`. */
-export function lockKeys(name: string): LockKeys {
-  const lock = LOCK_PREFIX + name;
-  const signal = SIGNAL_PREFIX + name;
-  const queue = QUEUE_PREFIX + name;
-  const turn = TURN_PREFIX + name;
+/**
+ * The keys of the lock called `name`. On a Redis Cluster every key of one
+ * lock must hash to one slot: the name is wrapped in a hash tag
+ * (`lock:{name}`) unless it has one, and the fencing counter is that of
+ * the slot (`lock-fence:{<tag of the slot>}`: at most one counter per slot,
+ * however many names).
+ */
+export function lockKeys(name: string, cluster = false): LockKeys {
+  const part = cluster && hashTag(name) === undefined ? `{${name}}` : name;
+  const lock = LOCK_PREFIX + part;
+  const signal = SIGNAL_PREFIX + part;
+  const queue = QUEUE_PREFIX + part;
+  const turn = TURN_PREFIX + part;
+  const fence = cluster ? `${FENCE_KEY}:{${slotTag(slotOf(lock))}}` : FENCE_KEY;
   return {
     lock,
     signal,
     queue,
-    fence: FENCE_KEY,
+    fence,
     turn,
-    all: [lock, signal, queue, FENCE_KEY, turn],
+    all: [lock, signal, queue, fence, turn],
     onlyLock: [lock],
-    forClaim: [lock, FENCE_KEY],
+    forClaim: [lock, fence],
   };
+}
+
+/** The hash tag of a key, as Redis Cluster reads it, if it has one. */
+export function hashTag(key: string): string | undefined {
+  const open = key.indexOf("{");
+  if (open < 0) return undefined;
+  const close = key.indexOf("}", open + 1);
+  if (close <= open + 1) return undefined;
+  return key.slice(open + 1, close);
+}
+
+const encoder = new TextEncoder();
+
+/** CRC16-CCITT (XMODEM), as Redis Cluster hashes keys. */
+function crc16(bytes: Uint8Array): number {
+  let crc = 0;
+  for (const byte of bytes) {
+    crc ^= byte << 8;
+    for (let bit = 0; bit < 8; bit++) {
+      crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
+    }
+  }
+  return crc;
+}
+
+/** The cluster slot of a key (0 to 16383). */
+export function slotOf(key: string): number {
+  return crc16(encoder.encode(hashTag(key) ?? key)) % 16384;
+}
+
+/** For each slot, a short string that hashes to it; made on first use. */
+let slotTags: string[] | undefined;
+
+/** A short hash tag whose slot is `slot`. */
+export function slotTag(slot: number): string {
+  if (slotTags === undefined) {
+    const tags: string[] = new Array(16384);
+    let missing = 16384;
+    for (let i = 0; missing > 0; i++) {
+      const tag = i.toString(36);
+      const at = crc16(encoder.encode(tag)) % 16384;
+      if (tags[at] === undefined) {
+        tags[at] = tag;
+        missing--;
+      }
+    }
+    slotTags = tags;
+  }
+  return slotTags[slot];
 }

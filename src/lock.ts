@@ -66,6 +66,19 @@ function randomId(): string {
   return btoa(String.fromCharCode(...bytes));
 }
 
+/** Resolves after `ms`, or at once when `signal` aborts. */
+function pause(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}
+
 /** Runs a command, turning a Redis failure into a {@linkcode LockError}. */
 function attempt<T>(
   action: string,
@@ -175,6 +188,8 @@ export class Lock implements AsyncDisposable {
   #released: LockError | undefined;
   #keeping: Keeping | undefined;
   #lease: Lease | undefined;
+  /** The holder's remaining life at the last try that found it busy (ms). */
+  #busyFor = -1;
   /** Set while an `acquire()` of this instance is on its way. */
   #acquiring = false;
   /** Whether the id is this instance's own making (random). */
@@ -195,7 +210,7 @@ export class Lock implements AsyncDisposable {
     this.name = validateName(name);
     const valid = validateLockOptions(options);
     this.#connection = toConnection(client);
-    this.#keys = lockKeys(this.name);
+    this.#keys = lockKeys(this.name, this.#connection.cluster);
     this.id = valid.id ?? randomId();
     this.#ownId = valid.id === undefined;
     this.#expire = valid.expire;
@@ -293,12 +308,15 @@ export class Lock implements AsyncDisposable {
       if (!blocking || timeout === 0) {
         return await this.#tryOnce(signal) ?? false;
       }
+      if (this.#connection.cluster) {
+        return await this.#tryUntil(timeout, signal);
+      }
       // Taken now, so that a shutdown() from here on rejects this acquire.
       const waiter = waiterOf(this.#connection, this.#transport);
       // A free lock is taken on the application's connection, in one round
       // trip and with no waiting machinery; waiters of this process come
       // first, though, and racers in the turn this process gave them.
-      const view = viewOf(this.#connection);
+      const view = viewOf(this.#connection, this.#keys.fence);
       if (!waiter.waitsFor(this.name) && !view.inTurn(this.name)) {
         const deadline = performance.now() + timeout;
         if (await this.#tryOnce(signal)) return true;
@@ -362,7 +380,7 @@ export class Lock implements AsyncDisposable {
    * data), `undefined` when the reply came too late to count.
    */
   async #tryOnce(signal?: AbortSignal): Promise<boolean | undefined> {
-    const view = viewOf(this.#connection);
+    const view = viewOf(this.#connection, this.#keys.fence);
     if (
       performance.now() < view.graceUntil(this.#expire) ||
       view.inTurn(this.name)
@@ -391,7 +409,10 @@ export class Lock implements AsyncDisposable {
         return false;
       }
       if (epoch !== undefined) view.learn(String(epoch));
-      if (status === 0) return false;
+      if (status === 0) {
+        this.#busyFor = Number(value);
+        return false;
+      }
       token = value;
     }
     const expire = this.#expire;
@@ -401,6 +422,26 @@ export class Lock implements AsyncDisposable {
       return undefined;
     }
     return this.#take({ token, since: sentAt, initial: expire }, signal);
+  }
+
+  /**
+   * Waits on a Redis Cluster, where the queue's wake lists cannot reach a
+   * process across slots yet: tries again every `pollInterval` ms (plus up
+   * to half of it, at random), or at the holder's expiry if sooner, until
+   * `timeout`. Never queued: nothing is left in Redis between tries.
+   */
+  async #tryUntil(timeout: number, signal?: AbortSignal): Promise<boolean> {
+    const deadline = performance.now() + timeout;
+    for (;;) {
+      this.#busyFor = -1;
+      if (await this.#tryOnce(signal)) return true;
+      const left = deadline - performance.now();
+      if (left <= 0) return false;
+      const poll = this.#pollInterval * (1 + Math.random() / 2);
+      const expiry = this.#busyFor >= 0 ? this.#busyFor + 1 : Infinity;
+      await pause(Math.min(poll, expiry, left), signal);
+      signal?.throwIfAborted();
+    }
   }
 
   #alreadyHeld(): AlreadyAcquiredError {
@@ -475,7 +516,7 @@ export class Lock implements AsyncDisposable {
       acquisition.initial,
       this.#keeper(),
       this.#controller,
-      viewOf(this.#connection),
+      viewOf(this.#connection, this.#keys.fence),
     );
     return true;
   }
@@ -540,7 +581,9 @@ export class Lock implements AsyncDisposable {
         { cause: wasLost ? lease?.reason : undefined },
       );
     }
-    if (reply === 2) viewOf(this.#connection).turnOpened(this.name);
+    if (reply === 2) {
+      viewOf(this.#connection, this.#keys.fence).turnOpened(this.name);
+    }
   }
 
   /**

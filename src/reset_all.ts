@@ -49,23 +49,29 @@ export async function resetAll(
   );
   const signalExpire = positiveInteger("reset all", "signalExpire", given);
   const connection = toConnection(client);
-  let cursor = "0";
   let count = 0;
   try {
-    do {
-      const [next, keys] = await connection.send("SCAN", [
-        cursor,
-        "MATCH",
-        `${LOCK_PREFIX}*`,
-        "COUNT",
-        "1000",
-      ]) as [string, string[]];
-      cursor = String(next);
-      for (const key of keys) {
-        const name = key.slice(LOCK_PREFIX.length);
-        if (await resetLock(connection, lockKeys(name), signalExpire)) count++;
-      }
-    } while (cursor !== "0");
+    // On a Cluster, each master holds the locks of its slots.
+    for (const master of await connection.masters()) {
+      let cursor = "0";
+      do {
+        const [next, keys] = await master.send("SCAN", [
+          cursor,
+          "MATCH",
+          `${LOCK_PREFIX}*`,
+          "COUNT",
+          "1000",
+        ]) as [string, string[]];
+        cursor = String(next);
+        for (const key of keys) {
+          const keysOfLock = lockKeys(
+            key.slice(LOCK_PREFIX.length),
+            connection.cluster,
+          );
+          if (await resetLock(connection, keysOfLock, signalExpire)) count++;
+        }
+      } while (cursor !== "0");
+    }
   } catch (error) {
     throw new LockError("Cannot reset all locks: Redis failed", {
       cause: error,
