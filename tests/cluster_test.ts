@@ -14,10 +14,19 @@ import {
   type RedisClient,
   resetAll,
 } from "../mod.ts";
-import { type LocalCluster, startCluster } from "./_cluster.ts";
+import { type LocalCluster, migrateSlot, startCluster } from "./_cluster.ts";
 import { RespClient } from "./_resp.ts";
 
 const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Disconnects a cluster client and waits until every node has ended. */
+async function closeCluster(client: Cluster): Promise<void> {
+  if (client.status === "end") return;
+  await new Promise<void>((resolve) => {
+    client.once("end", () => resolve());
+    client.disconnect();
+  });
+}
 
 async function ioCluster(cluster: LocalCluster): Promise<Cluster> {
   const client = new Cluster(cluster.addresses);
@@ -113,7 +122,7 @@ Deno.test("Cluster: names over every master, the keys of each in one slot", asyn
           );
           await new Lock(other, "expiring").reset();
         } finally {
-          await other.quit();
+          await closeCluster(other);
         }
       },
     );
@@ -141,7 +150,7 @@ Deno.test("Cluster: names over every master, the keys of each in one slot", asyn
         }));
         assert.equal(most, 1);
       } finally {
-        for (const c of clients.slice(1)) await c.quit();
+        for (const c of clients.slice(1)) await closeCluster(c);
       }
     });
 
@@ -154,6 +163,36 @@ Deno.test("Cluster: names over every master, the keys of each in one slot", asyn
         [],
       );
     });
+
+    await t.step(
+      "a lock kept through the migration of its slot, or its loss told",
+      async () => {
+        const lock = new Lock(client, "migrated", {
+          expire: 900,
+          autoRenewal: true,
+        });
+        await lock.acquire();
+        const slot = Number(
+          await client.cluster("KEYSLOT", "lock:{migrated}"),
+        );
+        // Half-way for longer than the lock's expiry: renewals go on.
+        await migrateSlot(cluster, slot, async () => {
+          await delay(1_200);
+        });
+        await delay(1_200);
+        if (lock.signal.aborted) {
+          assert.ok(lock.signal.reason instanceof LockLostError);
+        } else {
+          assert.equal(await client.get("lock:{migrated}"), lock.id);
+          await lock.release();
+        }
+        // The lock works on its new master.
+        await using again = await acquire(client, "migrated", {
+          timeout: 2_000,
+        });
+        assert.equal(await client.get("lock:{migrated}"), again.id);
+      },
+    );
 
     await t.step(
       "a lock kept through a manual failover, or its loss told",
@@ -190,7 +229,7 @@ Deno.test("Cluster: names over every master, the keys of each in one slot", asyn
       },
     );
   } finally {
-    await client.quit();
+    await closeCluster(client);
   }
 });
 
