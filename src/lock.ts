@@ -42,6 +42,7 @@ import {
   REDLOCK_OPTIONS,
   type RedlockLock,
   type RedlockLockOptions,
+  refusalOf,
 } from "./redlock.ts";
 import {
   type Acquisition,
@@ -799,7 +800,8 @@ export async function acquire(
     : new Lock(target as RedisClient, name, lockOptions);
   if (await lock.acquire({ blocking, timeout, signal })) return lock;
   if (blocking === false) {
-    throw new NotAcquiredError(`Lock '${name}' is held by another owner`);
+    throw (redlock && refusalOf(lock as RedlockLock)) ||
+      new NotAcquiredError(`Lock '${name}' is held by another owner`);
   }
   throw new AcquireTimeoutError(
     `Lock '${name}' was not acquired within ${timeout} ms`,

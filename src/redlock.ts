@@ -85,6 +85,16 @@ export interface RedlockOptions {
    * @default {200}
    */
   retryDelay?: number;
+  /**
+   * Milliseconds no lock on these masters ever lives beyond: the longest
+   * `expire`, and `extend()`, allowed. A master that lost its data (a
+   * restart without persistence) abstains for this long after it started,
+   * since a holder that counted it may believe in its lock until then. Give
+   * every process that locks on these masters the same value.
+   *
+   * @default {60000}
+   */
+  maxExpire?: number;
 }
 
 /** Options of {@linkcode Redlock.lock}: those of {@linkcode Lock} that apply. */
@@ -112,6 +122,24 @@ export const REDLOCK_OPTIONS = [
   "autoRenewal",
   "signalExpire",
 ] as const;
+
+/** The expiry of a Redlock lock unless given, in ms. */
+const DEFAULT_EXPIRE = 10_000;
+
+/** Checks an expiry against the Redlock's `maxExpire`. */
+function atMostMax(action: string, expire: number, config: Config): number {
+  if (expire > config.maxExpire) {
+    throw new RangeError(
+      invalid(
+        action,
+        "expire",
+        `must be at most the Redlock's maxExpire (${config.maxExpire} ms)`,
+        expire,
+      ),
+    );
+  }
+  return expire;
+}
 
 /** Milliseconds between the checks of a waiter at the longest. */
 const TICK = 1_000;
@@ -201,19 +229,32 @@ export class Redlock {
         invalid(action, "clients", "must be distinct masters", clients),
       );
     }
-    const { masterTimeout = 50, retryDelay = 200 } = optionsObject(
-      action,
-      options,
-      ["masterTimeout", "retryDelay"],
-    ) as RedlockOptions;
+    const { masterTimeout = 50, retryDelay = 200, maxExpire = 60_000 } =
+      optionsObject(action, options, [
+        "masterTimeout",
+        "retryDelay",
+        "maxExpire",
+      ]) as RedlockOptions;
+    const connections = clients.map((client, index) => {
+      try {
+        return toConnection(client);
+      } catch {
+        throw new TypeError(
+          invalid(
+            action,
+            `clients[${index}]`,
+            "must be a Redis client",
+            client,
+          ),
+        );
+      }
+    });
     this.quorum = Math.floor(clients.length / 2) + 1;
     configs.set(this, {
       masterTimeout: positiveInteger(action, "masterTimeout", masterTimeout),
       retryDelay: positiveInteger(action, "retryDelay", retryDelay),
-      masters: clients.map((client, index) => ({
-        index,
-        connection: toConnection(client),
-      })),
+      maxExpire: positiveInteger(action, "maxExpire", maxExpire),
+      masters: connections.map((connection, index) => ({ index, connection })),
       quorum: this.quorum,
     });
   }
@@ -232,12 +273,25 @@ export class Redlock {
   }
 }
 
+/** Why the last `acquire()` of a lock found it busy, naming the holders. */
+const refusals = new WeakMap<RedlockLock, LockError>();
+
+/**
+ * The refusal of the last `acquire()` of `lock` that returned `false`: a
+ * {@linkcode NotAcquiredError} that names the holders and on how many
+ * masters. For `acquire(redlock, …)`.
+ */
+export function refusalOf(lock: RedlockLock): LockError | undefined {
+  return refusals.get(lock);
+}
+
 /** What a {@linkcode Redlock} was made with. */
 interface Config {
   readonly masters: readonly Master[];
   readonly quorum: number;
   readonly masterTimeout: number;
   readonly retryDelay: number;
+  readonly maxExpire: number;
 }
 
 const configs = new WeakMap<Redlock, Config>();
@@ -305,11 +359,20 @@ export class RedlockLock implements AsyncDisposable {
       );
     }
     this.name = validateName(name);
-    const valid = validateLockOptions(options, REDLOCK_OPTIONS);
+    const valid = validateLockOptions(
+      options !== null && typeof options === "object"
+        ? { expire: DEFAULT_EXPIRE, ...options }
+        : options,
+      REDLOCK_OPTIONS,
+    );
     this.#redlock = config;
     this.#keys = lockKeys(this.name);
     this.id = valid.id ?? randomId();
-    this.#expire = valid.expire ?? 10_000;
+    this.#expire = atMostMax(
+      "create lock",
+      valid.expire ?? DEFAULT_EXPIRE,
+      config,
+    );
     this.#autoRenewal = valid.autoRenewal;
     this.#signalExpire = valid.signalExpire;
   }
@@ -360,12 +423,18 @@ export class RedlockLock implements AsyncDisposable {
       );
     }
     this.#acquiring = true;
-    // Heard for the whole call, so that a release between two attempts is
-    // not missed and the waiting connections cover a steady set of keys.
-    const wakeUps = blocking && timeout > 0
-      ? new WakeUps(this.#redlock.masters, this.#keys, this.#signalExpire)
-      : undefined;
+    refusals.delete(this);
+    let wakeUps: WakeUps | undefined;
     try {
+      // Heard for the whole call, so that a release between two attempts
+      // is not missed and the waiting connections cover a steady set of keys.
+      if (blocking && timeout > 0) {
+        wakeUps = new WakeUps(
+          this.#redlock.masters,
+          this.#keys,
+          this.#signalExpire,
+        );
+      }
       const deadline = blocking ? now() + timeout : -Infinity;
       for (;;) {
         const attempt = await this.#attempt();
@@ -380,8 +449,9 @@ export class RedlockLock implements AsyncDisposable {
         signal?.throwIfAborted();
         const left = deadline - now();
         if (left <= 0) {
-          if (attempt.busy) return false;
-          throw attempt.error;
+          if (!attempt.busy) throw attempt.error;
+          refusals.set(this, attempt.error);
+          return false;
         }
         await this.#sleep(attempt, left, wakeUps!, signal);
       }
@@ -417,11 +487,23 @@ export class RedlockLock implements AsyncDisposable {
           ).then(() => true, () => false)
         ),
       );
-      if (raised.filter(Boolean).length >= quorum && now() < end) {
+      const count = raised.filter(Boolean).length;
+      if (count >= quorum && now() < end) {
         return { ok: true, token, deadline: end };
       }
+      if (count < quorum) {
+        await this.#letGo(true);
+        return {
+          ok: false,
+          busy: false,
+          freeAt: undefined,
+          error: new LockError(
+            `Cannot acquire lock '${this.name}': granted by ${granted.length} masters, but its fencing token reached only ${count} of them in time (a quorum is ${quorum})`,
+          ),
+        };
+      }
     }
-    await this.#letGo();
+    await this.#letGo(true);
     return this.#failure(answers, granted.length, started);
   }
 
@@ -429,7 +511,11 @@ export class RedlockLock implements AsyncDisposable {
   async #ask(master: Master): Promise<Answer> {
     const { masterTimeout } = this.#redlock;
     const keys = [this.#keys.lock, this.#keys.fence, START_KEY];
-    const args = [this.id, String(this.#expire)];
+    const args = [
+      this.id,
+      String(this.#expire),
+      String(this.#redlock.maxExpire),
+    ];
     try {
       let reply = await within(
         acquireScript.run(master.connection, keys, args),
@@ -570,15 +656,18 @@ export class RedlockLock implements AsyncDisposable {
     }
   }
 
-  /** Deletes the lock with this id on every master; how many had it. */
-  async #letGo(): Promise<number> {
+  /**
+   * Deletes the lock with this id on every master; how many had it. A
+   * `quiet` let-go (after a failed attempt) leaves no wake-up.
+   */
+  async #letGo(quiet = false): Promise<number> {
     const { masters, masterTimeout } = this.#redlock;
     const released = await Promise.all(masters.map(({ connection }) =>
       within(
         releaseScript.run(
           connection,
           [this.#keys.lock, this.#keys.signal],
-          [String(this.#signalExpire), this.id],
+          [String(this.#signalExpire), this.id, quiet ? "1" : ""],
         ),
         masterTimeout,
       ).then((reply) => reply === 1, () => false)
@@ -621,9 +710,11 @@ export class RedlockLock implements AsyncDisposable {
    * holding keeps its validity, and ends with it.
    */
   async extend(expire?: number): Promise<void> {
-    const ms = expire === undefined
-      ? this.#expire
-      : positiveInteger("extend lock", "expire", expire);
+    const ms = expire === undefined ? this.#expire : atMostMax(
+      "extend lock",
+      positiveInteger("extend lock", "expire", expire),
+      this.#redlock,
+    );
     const holding = this.#holding;
     if (holding === undefined || holding.ended) {
       throw new NotAcquiredError(

@@ -510,11 +510,14 @@ return false
 `;
 
 /**
- * Redlock, on one master. KEYS: lock, fence, start. ARGV: id, expire (ms).
+ * Redlock, on one master. KEYS: lock, fence, start. ARGV: id, expire (ms),
+ * the longest expiry any lock of these masters may have (ms).
  * Sets the lock for `id` unless another id holds it, and draws a fencing
  * token. A master whose start is unknown (its data is new) answers `{-1}`
  * and sets nothing: the caller learns the uptime and runs R_START. A
- * master that started less than `expire` ms ago abstains: `{-2, ms left}`.
+ * master that started less than the longest expiry ago abstains (a holder
+ * that counted it before it lost its data may still believe): `{-2, ms
+ * left}`.
  * Replies `{1, token}`, or `{0, pttl, holder}` when held by another id. Run
  * twice (a re-sent command), it grants the same id again.
  */
@@ -524,7 +527,7 @@ local started = redis.call('get', KEYS[3])
 if not started then return {-1} end
 local clock = redis.call('time')
 local ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local wait = tonumber(started) + tonumber(ARGV[2]) - ms
+local wait = tonumber(started) + tonumber(ARGV[3]) - ms
 if wait > 0 then return {-2, wait} end
 local holder = redis.call('get', KEYS[1])
 if holder and holder ~= ARGV[1] then
@@ -572,13 +575,18 @@ return 1
 `;
 
 /**
- * KEYS: lock, signal. ARGV: signal expiry, id. Deletes the lock if `id`
- * holds it and leaves python-redis-lock's wake-up: 1, else 0.
+ * KEYS: lock, signal. ARGV: signal expiry, id, `quiet` ("1": no wake-up).
+ * Deletes the lock if `id` holds it and, unless quiet, leaves
+ * python-redis-lock's wake-up: 1, else 0. A failed attempt lets go quietly:
+ * the lock was never held, and waking the waiters (itself among them)
+ * would make them retry at once, again and again.
  */
 export const R_RELEASE = `
 if redis.call('get', KEYS[1]) ~= ARGV[2] then return 0 end
 redis.call('del', KEYS[1])
-${SIGNAL}
+if ARGV[3] ~= '1' then
+  ${SIGNAL}
+end
 return 1
 `;
 

@@ -49,7 +49,7 @@ if (mode === "count") {
     return client;
   });
   const store = new Redis(Number(storePort), "127.0.0.1");
-  const redlock = new Redlock(masters);
+  const redlock = new Redlock(masters, { maxExpire: 600 });
   const intervals: [number, number][] = [];
   const until = performance.now() + Number(arg);
   while (performance.now() < until) {

@@ -82,6 +82,9 @@ async function masters(
 
 Deno.test("Redlock: acquire, extend and release on every master, with a token", async () => {
   await using env = await masters();
+  // autoRenewal with the default expire
+  await (await acquire(env.redlock, "renewed", { autoRenewal: true }))
+    .release();
   const lock = env.redlock.lock("basic", { expire: 5_000 });
   assert.equal(await lock.acquire({ blocking: false }), true);
   assert.deepEqual(await env.values("basic"), Array(5).fill(lock.id));
@@ -113,6 +116,7 @@ Deno.test("Redlock: a busy lock is refused, or waited for and taken at its relea
     acquire(other, "busy", { blocking: false }),
     (error: Error) => {
       assert.ok(error instanceof NotAcquiredError);
+      assert.match(error.message, new RegExp(`'${holder.id}' on 5 of 5`));
       return true;
     },
   );
@@ -190,13 +194,13 @@ Deno.test("Redlock: a paused master does not hold an acquisition up", async () =
 });
 
 Deno.test("Redlock: masters that restarted empty abstain for the lock's expiry", async () => {
-  await using env = await masters();
+  await using env = await masters(5, { maxExpire: 1_500 });
   const holder = env.redlock.lock("restarts", { expire: 1_500 });
   await holder.acquire();
   // A majority restarts empty: without abstaining, they would grant the
   // lock to another while the holder still believes in it.
   for (const i of [0, 1, 2]) await env.servers[i].restart();
-  const other = await env.other();
+  const other = await env.other({ maxExpire: 1_500 });
   const lock = other.lock("restarts", { expire: 1_500 });
   assert.equal(await lock.acquire({ blocking: false }), false);
   assert.equal(holder.signal.aborted, false);
@@ -207,7 +211,7 @@ Deno.test("Redlock: masters that restarted empty abstain for the lock's expiry",
 });
 
 Deno.test("Redlock: tokens strictly increase while a minority of masters restarts empty", async () => {
-  await using env = await masters();
+  await using env = await masters(5, { maxExpire: 200 });
   let last = 0;
   for (let round = 0; round < 12; round++) {
     const lock = env.redlock.lock("tokens", { expire: 200 });
@@ -283,12 +287,52 @@ Deno.test("Redlock: holders across clients never overlap while masters restart",
   }
 });
 
+Deno.test("Redlock: a failed attempt lets go without waking its own waiter: no spinning", async () => {
+  await using env = await masters();
+  // Another holds three masters; two are free: every attempt gets those two,
+  // fails, and lets go.
+  for (const client of env.clients.slice(0, 3)) {
+    await client.set("lock:split", "someone", "PX", 10_000);
+  }
+  for (const client of env.clients) await client.config("RESETSTAT");
+  const lock = env.redlock.lock("split");
+  assert.equal(await lock.acquire({ timeout: 1_500 }), false);
+  const stats = String(await env.clients[4].info("commandstats"));
+  const calls = [...stats.matchAll(/cmdstat_eval(?:sha)?:calls=(\d+)/g)]
+    .reduce((sum, [, n]) => sum + Number(n), 0);
+  assert.ok(calls < 20, `${calls} scripts on a free master in 1.5 s`);
+  assert.deepEqual((await env.values("split")).slice(3), [null, null]);
+});
+
+Deno.test("Redlock: a master that restarted abstains for maxExpire, whatever the newcomer's expire", async () => {
+  await using env = await masters(3, { maxExpire: 30_000 });
+  // The holder got masters 0 and 1 only (master 2 was away).
+  const holder = env.redlock.lock("long", { expire: 30_000 });
+  await env.servers[2].kill();
+  assert.equal(await holder.acquire({ blocking: false }), true);
+  await env.servers[2].restart();
+  await env.clients[2].set("lock-start", "0"); // it never held this lock
+  await env.servers[1].restart(); // a minority loses its data
+  await delay(1_500);
+  const other = await env.other({ maxExpire: 30_000 });
+  const lock = other.lock("long", { expire: 1_000 });
+  assert.equal(await lock.acquire({ blocking: false }), false);
+  assert.equal(holder.signal.aborted, false);
+  assert.throws(() => other.lock("x", { expire: 30_001 }), RangeError);
+  await assert.rejects(holder.extend(30_001), RangeError);
+  await holder.release();
+});
+
 Deno.test("Redlock: bad input is refused with nothing sent", async () => {
   await using env = await masters(3);
   const before = await Promise.all(
     env.clients.map(async (c) => String(await c.info("stats"))),
   );
   assert.throws(() => new Redlock([]), TypeError);
+  assert.throws(
+    () => new Redlock([env.clients[0], 42 as never]),
+    /'clients\[1\]'/,
+  );
   assert.throws(() => new Redlock("x" as never), TypeError);
   assert.throws(
     () => new Redlock([env.clients[0], env.clients[0]]),
