@@ -32,8 +32,10 @@ const now = () => performance.now();
 /** Wake-ups fetched by polling. */
 export class PollingPop extends WakeTransport {
   readonly #interval: () => number;
-  /** Ends the pause between two polls early, to close. */
+  /** Ends the pause between two polls early (to close, or a message). */
   #nudge: { promise: Promise<void>; resolve: () => void } | undefined;
+  /** A nudge came while no pause was on: the next pause is skipped. */
+  #nudged = false;
 
   /**
    * @param connection The waiter's command connection.
@@ -70,6 +72,8 @@ export class PollingPop extends WakeTransport {
     for (;;) {
       const wanted = this.owner.wanted();
       if (this.closed || wanted === undefined) return;
+      if (!await this.prepare()) return;
+      this.#nudged = false;
       const sentAt = now();
       let reply;
       try {
@@ -92,10 +96,25 @@ export class PollingPop extends WakeTransport {
       // More may wait behind a wake-up: poll again at once.
       if (this.deliver(reply, wanted, sentAt)) continue;
       if (this.closed) return;
+      if (this.#nudged) continue;
       const nudge = this.#nudge = deferred<void>();
       await sleep(this.#interval() * (1 + Math.random() / 2), nudge);
       this.#nudge = undefined;
     }
+  }
+
+  /**
+   * Runs before each poll; resolves `false` to end the loop. Here nothing:
+   * the `"pubsub"` transport subscribes.
+   */
+  protected prepare(): Promise<boolean> {
+    return Promise.resolve(true);
+  }
+
+  /** Ends the pause, or skips the next one: poll now. */
+  protected nudge(): void {
+    this.#nudged = true;
+    this.#nudge?.resolve();
   }
 
   /** Nothing to close: the connection is the waiter's. */
@@ -104,7 +123,7 @@ export class PollingPop extends WakeTransport {
   /** Stops polling. */
   async close(): Promise<void> {
     this.closed = true;
-    this.#nudge?.resolve();
+    this.nudge();
     await this.ended();
   }
 }

@@ -29,6 +29,19 @@ export interface SendClient {
   duplicate?(): SendClient | Promise<SendClient>;
   /** Closes this connection. Called on connections made by `duplicate()`. */
   close?(): unknown;
+  /**
+   * Subscribes to a channel, calling `listener` with each message, for the
+   * `"pubsub"` wake transport. Called on a connection made by `duplicate()`
+   * when there is one (Bun's `RedisClient`), else on this client (an HTTP
+   * client that subscribes over a stream of its own). Resolves once
+   * subscribed; `unsubscribe(channel)`, or `close()` of a duplicate, ends it.
+   */
+  subscribe?(
+    channel: string,
+    listener: (message: string, channel: string) => void,
+  ): Promise<unknown>;
+  /** Ends a subscription made by `subscribe()`. */
+  unsubscribe?(channel: string): Promise<unknown> | unknown;
 }
 
 /**
@@ -222,6 +235,20 @@ export function withConnect(
   return new ConnectableClient(client, connect);
 }
 
+/** A subscription to one channel. */
+export interface Subscription {
+  /** Settles when the subscription ends (its connection failed, or closed). */
+  readonly ended: Promise<void>;
+  /** Ends the subscription and closes its connection. */
+  close(): Promise<void>;
+}
+
+/** Subscribes to a channel for the `"pubsub"` wake transport. */
+type Subscribe = (
+  channel: string,
+  onMessage: (message: string) => void,
+) => Promise<Subscription>;
+
 /** A normalised reply: bulk and simple strings, integers, nil, arrays. */
 export type Reply = string | number | null | Reply[];
 
@@ -240,6 +267,17 @@ export interface Connection {
   duplicate(): Promise<Connection>;
   /** Closes a connection made by `duplicate()`. */
   close(): Promise<void>;
+  /** Whether {@linkcode Connection.subscribe} can subscribe. */
+  readonly canSubscribe: boolean;
+  /**
+   * Subscribes to `channel` on a connection of the library's own (or the
+   * client's own stream, for a client that cannot open connections),
+   * calling `onMessage` with each message.
+   */
+  subscribe(
+    channel: string,
+    onMessage: (message: string) => void,
+  ): Promise<Subscription>;
   /** Whether this is a Redis Cluster: the keys of a lock share a slot. */
   readonly cluster: boolean;
   /** Each master's own connection (this one, but on a Cluster). */
@@ -292,20 +330,40 @@ class Adapter implements Connection {
   readonly #duplicate: (() => Promise<Connection>) | undefined;
   readonly #close: () => unknown;
   readonly #masters: (() => Promise<Connection[]>) | undefined;
+  readonly #subscribe: Subscribe | undefined;
 
   /**
    * @param masters For a Cluster: each master's connection.
+   * @param subscribe How to subscribe, if the client can.
    */
   constructor(
     send: Send,
     duplicate: (() => Promise<Connection>) | undefined,
     close: () => unknown,
     masters?: () => Promise<Connection[]>,
+    subscribe?: Subscribe,
   ) {
     this.#send = send;
     this.#duplicate = duplicate;
     this.#close = close;
     this.#masters = masters;
+    this.#subscribe = subscribe;
+  }
+
+  get canSubscribe(): boolean {
+    return this.#subscribe !== undefined;
+  }
+
+  subscribe(
+    channel: string,
+    onMessage: (message: string) => void,
+  ): Promise<Subscription> {
+    if (this.#subscribe === undefined) {
+      return Promise.reject(
+        new TypeError("Cannot subscribe as the client has no subscribe()"),
+      );
+    }
+    return this.#subscribe(channel, onMessage);
   }
 
   get cluster(): boolean {
@@ -348,6 +406,10 @@ function adapt(client: RedisClient): Connection {
       (command, args) => base.send(command, args),
       async () => adapt(await connect()),
       () => base.close(),
+      undefined,
+      base.canSubscribe
+        ? (channel, onMessage) => base.subscribe(channel, onMessage)
+        : undefined,
     );
   }
   if (
@@ -365,6 +427,15 @@ function adapt(client: RedisClient): Connection {
   }
   if (fn(client, "call")) {
     const io = client as IoRedisClient;
+    const close = () => {
+      // Disconnecting a connection that has ended leaves ioredis a timer.
+      if (io.status === "end") return;
+      return new Promise<void>((resolve) => {
+        io.once?.("end", () => resolve());
+        io.disconnect();
+        if (io.once === undefined) resolve();
+      });
+    };
     return new Adapter(
       (command, args) => io.call(command, ...args),
       () => {
@@ -372,14 +443,27 @@ function adapt(client: RedisClient): Connection {
         copy.on?.("error", ignore);
         return Promise.resolve(adapt(copy));
       },
-      () => {
-        // Disconnecting a connection that has ended leaves ioredis a timer.
-        if (io.status === "end") return;
-        return new Promise<void>((resolve) => {
-          io.once?.("end", () => resolve());
-          io.disconnect();
-          if (io.once === undefined) resolve();
+      close,
+      undefined,
+      async (channel, onMessage) => {
+        const copy = io.duplicate(IOREDIS_OWN);
+        copy.on?.("error", ignore);
+        const ended = new Promise<void>((resolve) =>
+          copy.once?.("end", () => resolve())
+        );
+        copy.on?.("message", (...args: unknown[]) => {
+          if (args[0] === channel) onMessage(String(args[1]));
         });
+        const closeCopy = toConnection(copy).close.bind(toConnection(copy));
+        try {
+          await (copy as unknown as {
+            subscribe(channel: string): Promise<unknown>;
+          }).subscribe(channel);
+        } catch (error) {
+          await closeCopy();
+          throw error;
+        }
+        return { ended, close: closeCopy };
       },
     );
   }
@@ -389,6 +473,34 @@ function adapt(client: RedisClient): Connection {
       (command, args) => plain.send(command, args as string[]),
       plain.duplicate && (async () => adapt(await plain.duplicate!())),
       () => plain.close?.(),
+      undefined,
+      plain.subscribe && (async (channel, onMessage) => {
+        let end!: () => void;
+        const ended = new Promise<void>((resolve) => end = resolve);
+        const listener = (message: string) => onMessage(String(message));
+        // A client that opens connections subscribes on one of them (a
+        // subscribed connection sends nothing else); one that cannot, on
+        // its own stream.
+        const copy = plain.duplicate ? await plain.duplicate() : undefined;
+        const subscriber = copy ?? plain;
+        const close = async () => {
+          if (copy) await copy.close?.();
+          else await plain.unsubscribe?.(channel);
+          end();
+        };
+        try {
+          if (subscriber.subscribe === undefined) {
+            throw new TypeError(
+              "Cannot subscribe as the client's duplicate() has no subscribe()",
+            );
+          }
+          await subscriber.subscribe(channel, listener);
+        } catch (error) {
+          await close();
+          throw error;
+        }
+        return { ended, close };
+      }),
     );
   }
   if (fn(client, "sendCommand") && fn(client, "nodeClient")) {
@@ -421,6 +533,31 @@ function adapt(client: RedisClient): Connection {
         return adapt(copy);
       },
       () => node.destroy ? node.destroy() : node.disconnect?.(),
+      undefined,
+      async (channel, onMessage) => {
+        const copy = node.duplicate() as NodeRedisClient & {
+          subscribe(
+            channel: string,
+            listener: (message: unknown) => void,
+          ): Promise<unknown>;
+        };
+        copy.on?.("error", ignore);
+        const ended = new Promise<void>((resolve) =>
+          copy.on?.("end", () => resolve())
+        );
+        const close = () => toConnection(copy).close();
+        try {
+          await copy.connect();
+          await copy.subscribe(
+            channel,
+            (message) => onMessage(String(message)),
+          );
+        } catch (error) {
+          await close().catch(() => {});
+          throw error;
+        }
+        return { ended, close };
+      },
     );
   }
   if (fn(client, "sendCommand")) {

@@ -41,6 +41,13 @@ export const TURN_MEMORY = 60_000;
 export const WAKE_PREFIX = "lock-wake:";
 
 /**
+ * The first character of the id of a process that waits with the
+ * `"pubsub"` transport: a hand-over to it is also published on the channel
+ * named as its wake list. Ids are base64url otherwise, which has no `~`.
+ */
+export const PUBSUB_MARK = "~";
+
+/**
  * Prefix of liveness keys: one per waiting process, refreshed while it has
  * a waiter queued. A hand-over skips the queue entries of a process whose
  * key has expired: it died, or lost Redis for longer than `ALIVE_TTL`.

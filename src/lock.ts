@@ -220,6 +220,16 @@ export class Lock implements AsyncDisposable {
     this.#fair = valid.fair;
     this.#transport = valid.transport;
     this.#pollInterval = valid.pollInterval;
+    if (this.#transport === "pubsub" && !this.#connection.canSubscribe) {
+      throw new TypeError(
+        invalid(
+          "create lock",
+          "transport",
+          "needs a client that subscribes (ioredis, redis, or subscribe() on a { send } client)",
+          this.#transport,
+        ),
+      );
+    }
     if (this.#transport === "blpop" && !this.#connection.canDuplicate) {
       throw new TypeError(
         invalid(

@@ -16,6 +16,9 @@
  *   to half of it, at random), on a connection of the library's own or, for
  *   a client that cannot open one (an HTTP client), on the client's. For
  *   clients or proxies that refuse blocking commands.
+ * - `"pubsub"`: the polls of `"poll"`, made at once when a hand-over to the
+ *   process is published on its channel, and every second otherwise. For
+ *   clients or proxies that refuse blocking commands but subscribe.
  *
  * @example Waiting through an HTTP Redis client
  * ```ts ignore
@@ -28,10 +31,10 @@
  * });
  * ```
  */
-export type Transport = "blpop" | "poll";
+export type Transport = "blpop" | "poll" | "pubsub";
 
 /** The transports, as {@linkcode LockOptions.transport} takes them. */
-export const TRANSPORTS: readonly Transport[] = ["blpop", "poll"];
+export const TRANSPORTS: readonly Transport[] = ["blpop", "poll", "pubsub"];
 
 /** Options of {@linkcode Lock}, fixed for the life of the instance. */
 export interface LockOptions {
@@ -286,7 +289,12 @@ export function validateLockOptions(
   }
   if (transport !== undefined && !TRANSPORTS.includes(transport)) {
     throw new TypeError(
-      invalid(action, "transport", 'must be "blpop" or "poll"', transport),
+      invalid(
+        action,
+        "transport",
+        'must be "blpop", "poll" or "pubsub"',
+        transport,
+      ),
     );
   }
   positiveInteger(action, "pollInterval", pollInterval);

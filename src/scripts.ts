@@ -35,6 +35,7 @@ import {
   ALIVE_TTL,
   HAND_OVER_EXPIRE,
   type LockKeys,
+  PUBSUB_MARK,
   QUEUE_TTL,
   TURN,
   TURN_MEMORY,
@@ -98,6 +99,10 @@ if entry then
   local wake = '${WAKE_PREFIX}' .. process
   redis.call('lpush', wake, ticket .. ':' .. token)
   redis.call('pexpire', wake, ${HAND_OVER_EXPIRE})
+  -- A process of the "pubsub" transport hears of it on the channel.
+  if string.sub(process, 1, 1) == '${PUBSUB_MARK}' then
+    redis.call('publish', wake, '1')
+  end
 end
 `;
 
@@ -180,6 +185,12 @@ if waiting then
     redis.call('pexpire', KEYS[2], ${TURN + TURN_QUIET})
     redis.call('del', KEYS[1])
     opened = true
+    -- The head of the queue takes the lock after the turn: one of the
+    -- "pubsub" transport hears of the wake-up on its channel.
+    local head = redis.call('lindex', KEYS[3], 0)
+    if string.sub(head, 1, 1) == '${PUBSUB_MARK}' then
+      redis.call('publish', '${WAKE_PREFIX}' .. string.match(head, '^[^|]*'), '2')
+    end
   elseif string.sub(turn, 1, 1) == 'u' then
     redis.call('set', KEYS[5], 'u' .. (tonumber(string.sub(turn, 2)) - 1), 'KEEPTTL')
   end

@@ -28,6 +28,7 @@ import {
   HAND_OVER_EXPIRE,
   type LockKeys,
   lockKeys,
+  PUBSUB_MARK,
   SIGNAL_PREFIX,
   WAKE_PREFIX,
 } from "./keys.ts";
@@ -35,6 +36,7 @@ import { INSPECT, INTERRUPT as INTERRUPT_SCRIPT, Script } from "./scripts.ts";
 import { BlockingPop, INTERRUPT } from "./_blocking_pop.ts";
 import type { PopOwner, WakeTransport } from "./_wake_transport.ts";
 import { PollingPop } from "./_polling_pop.ts";
+import { PubSubPop } from "./_pubsub_pop.ts";
 import type { Transport } from "./options.ts";
 import { NameWaits, type WaiterContext } from "./_name_waits.ts";
 import { OwnedConnection, sleep } from "./_owned_connection.ts";
@@ -75,10 +77,10 @@ function shutDown(name: string): LockError {
 
 /** Every wait of this process on one client. */
 export class Waiter implements WaiterContext {
-  readonly process: string = randomProcessId();
+  readonly process: string;
   readonly view: ServerView;
   readonly control: OwnedConnection;
-  readonly #wakeKey = WAKE_PREFIX + this.process;
+  readonly #wakeKey: string;
   readonly #names = new Map<string, NameWaits>();
   /** Names waited for lately, and when their waits ended. */
   readonly #lately = new Map<string, number>();
@@ -107,6 +109,9 @@ export class Waiter implements WaiterContext {
    * @param transport How hand-overs and wake-ups reach this process.
    */
   constructor(main: Connection, transport: Transport) {
+    this.process = (transport === "pubsub" ? PUBSUB_MARK : "") +
+      randomProcessId();
+    this.#wakeKey = WAKE_PREFIX + this.process;
     this.view = viewOf(main);
     // A client that cannot open connections can still poll on its own.
     this.control = new OwnedConnection(main, !main.canDuplicate);
@@ -130,6 +135,8 @@ export class Waiter implements WaiterContext {
         this.#wakeKey,
         () => this.#pollInterval(),
       )
+      : transport === "pubsub"
+      ? new PubSubPop(this.control, owner, this.#wakeKey, main, TICK * 1000)
       : new BlockingPop(main, owner, this.#wakeKey, TICK);
   }
 
@@ -443,12 +450,16 @@ const waiters = new WeakMap<Connection, Map<Transport, Waiter>>();
 
 /**
  * The waiter of a client's connection for a transport, made on first use.
- * Without a transport: `"blpop"`, or `"poll"` for a client that cannot open
- * connections.
+ * Without a transport: `"blpop"`; for a client that cannot open
+ * connections, `"pubsub"` if it subscribes, else `"poll"`.
  */
 export function waiterOf(
   connection: Connection,
-  transport: Transport = connection.canDuplicate ? "blpop" : "poll",
+  transport: Transport = connection.canDuplicate
+    ? "blpop"
+    : connection.canSubscribe
+    ? "pubsub"
+    : "poll",
 ): Waiter {
   let byTransport = waiters.get(connection);
   if (byTransport === undefined) {

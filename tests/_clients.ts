@@ -10,7 +10,7 @@ import { Redis } from "ioredis";
 import { createClient } from "redis";
 import { createClient as createClient4 } from "redis4";
 import { type RedisClient, withConnect } from "../mod.ts";
-import { DbRedisShape, RespClient } from "./_resp.ts";
+import { DbRedisShape, RespClient, RespSubscriber } from "./_resp.ts";
 import type { RedisServer } from "./_server.ts";
 
 /** An open client and how to close it. */
@@ -130,6 +130,62 @@ export class HttpLikeClient {
   }
 }
 
+/**
+ * An HTTP-like client that also subscribes, over a stream of its own (as
+ * HTTP Redis clients do with server-sent events). Its waiters use Pub/Sub.
+ */
+export class SubscribingClient extends HttpLikeClient {
+  readonly #port: number;
+  readonly #subscribers = new Map<string, RespSubscriber>();
+
+  constructor(client: RespClient, port: number) {
+    super(client);
+    this.#port = port;
+  }
+
+  async subscribe(
+    channel: string,
+    listener: (message: string, channel: string) => void,
+  ): Promise<void> {
+    const subscriber = await RespSubscriber.connect(this.#port);
+    this.#subscribers.set(channel, subscriber);
+    await subscriber.subscribe(
+      channel,
+      (message) => listener(message, channel),
+    );
+  }
+
+  async unsubscribe(channel: string): Promise<void> {
+    await this.#subscribers.get(channel)?.close();
+    this.#subscribers.delete(channel);
+  }
+
+  override async close(): Promise<void> {
+    for (const channel of [...this.#subscribers.keys()]) {
+      await this.unsubscribe(channel);
+    }
+    await super.close();
+  }
+}
+
+export const subscribing: ClientKind = {
+  name: "an HTTP-like client that subscribes (transport: pubsub)",
+  polls: true,
+  async open(server) {
+    const client = new SubscribingClient(
+      await RespClient.connect(server.port, server.hostname),
+      server.port,
+    );
+    return {
+      client,
+      close() {
+        assert.deepEqual(client.refused, [], "commands refused");
+        return client.close();
+      },
+    };
+  },
+};
+
 export const httpLike: ClientKind = {
   name: "an HTTP-like client (transport: poll)",
   polls: true,
@@ -154,4 +210,5 @@ export const allKinds: ClientKind[] = [
   plainSend,
   dbRedis,
   httpLike,
+  subscribing,
 ];

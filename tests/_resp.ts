@@ -185,6 +185,83 @@ export class RespClient {
   }
 }
 
+/**
+ * One connection in subscriber mode: `SUBSCRIBE`s, and hands each message
+ * of its channels to their listener. Ends when closed or when the server
+ * drops it.
+ */
+export class RespSubscriber {
+  readonly #conn: Deno.TcpConn;
+  readonly #listeners = new Map<string, (message: string) => void>();
+  readonly #reading: Promise<void>;
+  #closed = false;
+
+  private constructor(conn: Deno.TcpConn) {
+    this.#conn = conn;
+    this.#reading = this.#read();
+  }
+
+  static async connect(port: number, hostname = "127.0.0.1") {
+    return new RespSubscriber(await Deno.connect({ hostname, port }));
+  }
+
+  async #read(): Promise<void> {
+    let buffer: Uint8Array = new Uint8Array(0);
+    const chunk = new Uint8Array(64 * 1024);
+    try {
+      for (;;) {
+        const n = await this.#conn.read(chunk);
+        if (n === null) break;
+        const joined = new Uint8Array(buffer.length + n);
+        joined.set(buffer);
+        joined.set(chunk.subarray(0, n), buffer.length);
+        buffer = joined;
+        let position = 0;
+        for (;;) {
+          let parsed: [Reply, number];
+          try {
+            parsed = parse(buffer, position);
+          } catch (error) {
+            if (error instanceof Incomplete) break;
+            throw error;
+          }
+          position = parsed[1];
+          const [kind, channel, message] = parsed[0] as string[];
+          if (kind === "message") this.#listeners.get(channel)?.(message);
+        }
+        buffer = buffer.subarray(position);
+      }
+    } catch {
+      // closed
+    }
+  }
+
+  /** Subscribes to `channel`. */
+  async subscribe(
+    channel: string,
+    listener: (message: string) => void,
+  ): Promise<void> {
+    this.#listeners.set(channel, listener);
+    const text = `*2\r\n$9\r\nSUBSCRIBE\r\n$${
+      encoder.encode(channel).length
+    }\r\n${channel}\r\n`;
+    await this.#conn.write(encoder.encode(text));
+  }
+
+  /** Closes the connection and waits until its reader has stopped. */
+  async close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      try {
+        this.#conn.close();
+      } catch {
+        // already closed by the peer
+      }
+    }
+    await this.#reading;
+  }
+}
+
 /** An error with `@db/redis`'s shape: its message keeps the leading `-`. */
 export class ErrorReplyError extends Error {}
 

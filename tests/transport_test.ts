@@ -5,9 +5,16 @@
  */
 
 import assert from "node:assert/strict";
-import { acquire, Lock, LockError, shutdown } from "../mod.ts";
-import { bed, delay, killOwnConnections } from "./_bed.ts";
-import { HttpLikeClient } from "./_clients.ts";
+import { createClient } from "redis";
+import {
+  acquire,
+  Lock,
+  LockError,
+  type RedisClient,
+  shutdown,
+} from "../mod.ts";
+import { type Bed, bed, delay, killOwnConnections } from "./_bed.ts";
+import { HttpLikeClient, SubscribingClient } from "./_clients.ts";
 import { RespClient } from "./_resp.ts";
 import { queued } from "./_scenarios.ts";
 
@@ -150,4 +157,94 @@ Deno.test("a poller's wait fails with a LockError saying so when Redis stays unr
   }
   await env.server.restart();
   await env.reconnect();
+});
+
+/** No racers' turn is due on `name` for a minute: releases hand over. */
+async function noTurn(env: { command: Bed["command"] }, name: string) {
+  await env.command("SET", `lock-turn:${name}`, "q", "PX", 60_000);
+}
+
+/** Hand-overs reach a `"pubsub"` waiter long before its every-second poll. */
+async function promptHandOvers(
+  env: Awaited<ReturnType<typeof bed>>,
+  client: RedisClient,
+  name: string,
+): Promise<void> {
+  const holderClient = await env.client();
+  for (let round = 0; round < 3; round++) {
+    const holder = await acquire(holderClient, name);
+    const waiter = new Lock(client, name, { transport: "pubsub" });
+    const waiting = waiter.acquire({ timeout: 5_000 });
+    await queued({ raw: env.command }, name);
+    await delay(150);
+    const released = performance.now();
+    await holder.release();
+    assert.equal(await waiting, true);
+    const waited = performance.now() - released;
+    assert.ok(waited < 300, `round ${round}: handed over after ${waited} ms`);
+    await waiter.release();
+  }
+}
+
+Deno.test("pubsub: a hand-over is published, with ioredis, redis v5 and a subscribing { send } client", async () => {
+  await using env = await bed();
+  await env.command("CONFIG", "RESETSTAT");
+  await promptHandOvers(env, await env.client(), "io");
+  const node = await createClient({ url: env.server.url }).connect();
+  try {
+    await promptHandOvers(env, node as unknown as RedisClient, "node");
+  } finally {
+    await shutdown(node as unknown as RedisClient);
+    await node.close();
+  }
+  const subscribing = new SubscribingClient(
+    await RespClient.connect(env.server.port),
+    env.server.port,
+  );
+  try {
+    await promptHandOvers(env, subscribing, "send");
+    assert.deepEqual(subscribing.refused, []);
+  } finally {
+    await shutdown(subscribing);
+    await subscribing.close();
+  }
+  const stats = String(await env.command("INFO", "commandstats"));
+  assert.doesNotMatch(stats, /cmdstat_blpop:/);
+  assert.match(stats, /cmdstat_subscribe:/);
+});
+
+Deno.test("pubsub: a killed subscription is made again, and hand-overs go on", async () => {
+  await using env = await bed();
+  await noTurn(env, "resubscribed");
+  const holderClient = await env.client();
+  const client = await env.client();
+  const waiter = new Lock(client, "resubscribed", { transport: "pubsub" });
+  for (let round = 0; round < 3; round++) {
+    const holder = await acquire(holderClient, "resubscribed");
+    const waiting = waiter.acquire({ timeout: 10_000 });
+    await queued({ raw: env.command }, "resubscribed");
+    await env.command("CLIENT", "KILL", "TYPE", "pubsub");
+    await delay(300);
+    const released = performance.now();
+    await holder.release();
+    assert.equal(await waiting, true);
+    // Heard on the new subscription, not at the next poll a second later.
+    const waited = performance.now() - released;
+    assert.ok(waited < 300, `round ${round}: handed over after ${waited} ms`);
+    await waiter.release();
+  }
+});
+
+Deno.test("pubsub: a client that cannot subscribe is refused at once", async () => {
+  await using env = await bed();
+  const http = new HttpLikeClient(await RespClient.connect(env.server.port));
+  try {
+    assert.throws(
+      () => new Lock(http, "x", { transport: "pubsub" }),
+      (error: Error) =>
+        error instanceof TypeError && /'transport'/.test(error.message),
+    );
+  } finally {
+    await http.close();
+  }
 });
