@@ -144,10 +144,14 @@ export class SafetyRun {
     return undefined;
   }
 
-  /** Whether `worker` was told that its holding with `token` was lost. */
+  /**
+   * Whether `worker` was told that its holding with `token` was lost: its
+   * signal aborted, or (paused while releasing) its release said so.
+   */
   told(worker: number, token: number | undefined): boolean {
     return this.events.some((e) =>
-      e.worker === worker && e.token === token && e.type === "told"
+      e.worker === worker && e.token === token &&
+      (e.type === "told" || e.type === "released-late")
     );
   }
 

@@ -102,6 +102,7 @@ while (!stopping.signal.aborted) {
       // the release says so, as python-redis-lock's does.
       emit({
         type: error instanceof NotAcquiredError ? "released-late" : "error",
+        token,
         message: `release: ${error}`,
       })
     );
