@@ -65,6 +65,39 @@ function parse(
   }
 }
 
+/**
+ * Reads replies from `conn` until it closes, handing each to `onReply`;
+ * rejects when the connection fails.
+ */
+async function readReplies(
+  conn: Deno.TcpConn,
+  onReply: (reply: Reply) => void,
+): Promise<void> {
+  let buffer: Uint8Array = new Uint8Array(0);
+  const chunk = new Uint8Array(64 * 1024);
+  for (;;) {
+    const n = await conn.read(chunk);
+    if (n === null) return;
+    const joined = new Uint8Array(buffer.length + n);
+    joined.set(buffer);
+    joined.set(chunk.subarray(0, n), buffer.length);
+    buffer = joined;
+    let position = 0;
+    for (;;) {
+      let parsed: [Reply, number];
+      try {
+        parsed = parse(buffer, position);
+      } catch (error) {
+        if (error instanceof Incomplete) break;
+        throw error;
+      }
+      position = parsed[1];
+      onReply(parsed[0]);
+    }
+    buffer = buffer.subarray(position);
+  }
+}
+
 function firstError(reply: Reply): RespError | undefined {
   return reply instanceof RespError ? reply : undefined;
 }
@@ -103,34 +136,14 @@ export class RespClient {
   }
 
   async #read(): Promise<void> {
-    let buffer: Uint8Array = new Uint8Array(0);
-    const chunk = new Uint8Array(64 * 1024);
     let failure: unknown = new Error("Connection closed");
     try {
-      for (;;) {
-        const n = await this.#conn.read(chunk);
-        if (n === null) break;
-        const joined = new Uint8Array(buffer.length + n);
-        joined.set(buffer);
-        joined.set(chunk.subarray(0, n), buffer.length);
-        buffer = joined;
-        let position = 0;
-        for (;;) {
-          let parsed: [Reply, number];
-          try {
-            parsed = parse(buffer, position);
-          } catch (error) {
-            if (error instanceof Incomplete) break;
-            throw error;
-          }
-          position = parsed[1];
-          const waiter = this.#pending.shift();
-          const error = firstError(parsed[0]);
-          if (error) waiter?.reject(error);
-          else waiter?.resolve(parsed[0]);
-        }
-        buffer = buffer.subarray(position);
-      }
+      await readReplies(this.#conn, (reply) => {
+        const waiter = this.#pending.shift();
+        const error = firstError(reply);
+        if (error) waiter?.reject(error);
+        else waiter?.resolve(reply);
+      });
     } catch (error) {
       if (!this.#closed) failure = error;
     }
@@ -206,31 +219,11 @@ export class RespSubscriber {
   }
 
   async #read(): Promise<void> {
-    let buffer: Uint8Array = new Uint8Array(0);
-    const chunk = new Uint8Array(64 * 1024);
     try {
-      for (;;) {
-        const n = await this.#conn.read(chunk);
-        if (n === null) break;
-        const joined = new Uint8Array(buffer.length + n);
-        joined.set(buffer);
-        joined.set(chunk.subarray(0, n), buffer.length);
-        buffer = joined;
-        let position = 0;
-        for (;;) {
-          let parsed: [Reply, number];
-          try {
-            parsed = parse(buffer, position);
-          } catch (error) {
-            if (error instanceof Incomplete) break;
-            throw error;
-          }
-          position = parsed[1];
-          const [kind, channel, message] = parsed[0] as string[];
-          if (kind === "message") this.#listeners.get(channel)?.(message);
-        }
-        buffer = buffer.subarray(position);
-      }
+      await readReplies(this.#conn, (reply) => {
+        const [kind, channel, message] = reply as string[];
+        if (kind === "message") this.#listeners.get(channel)?.(message);
+      });
     } catch {
       // closed
     }
