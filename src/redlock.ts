@@ -296,14 +296,26 @@ interface Config {
 
 const configs = new WeakMap<Redlock, Config>();
 
-/** Settles with the command's reply, or rejects after `ms`. */
-function within<T>(command: Promise<T>, ms: number): Promise<T> {
+/**
+ * Settles with the command's reply, or rejects after `ms`. The command is
+ * made with a function that tells whether the reply is still awaited, so
+ * that a script does not follow a late `NOSCRIPT` with its source.
+ */
+function within<T>(
+  command: (gaveUp: () => boolean) => Promise<T>,
+  ms: number,
+): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
+  let over = false;
   const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new MasterTimeout(ms)), ms);
+    timer = setTimeout(() => {
+      over = true;
+      reject(new MasterTimeout(ms));
+    }, ms);
   });
-  command.catch(() => {}); // a late failure is of no interest any more
-  return Promise.race([command, late]).finally(() => clearTimeout(timer));
+  const running = command(() => over);
+  running.catch(() => {}); // a late failure is of no interest any more
+  return Promise.race([running, late]).finally(() => clearTimeout(timer));
 }
 
 function describe(masters: readonly number[]): string {
@@ -426,15 +438,6 @@ export class RedlockLock implements AsyncDisposable {
     refusals.delete(this);
     let wakeUps: WakeUps | undefined;
     try {
-      // Heard for the whole call, so that a release between two attempts
-      // is not missed and the waiting connections cover a steady set of keys.
-      if (blocking && timeout > 0) {
-        wakeUps = new WakeUps(
-          this.#redlock.masters,
-          this.#keys,
-          this.#signalExpire,
-        );
-      }
       const deadline = blocking ? now() + timeout : -Infinity;
       for (;;) {
         const attempt = await this.#attempt();
@@ -453,7 +456,16 @@ export class RedlockLock implements AsyncDisposable {
           refusals.set(this, attempt.error);
           return false;
         }
-        await this.#sleep(attempt, left, wakeUps!, signal);
+        // Heard from the first wait to the end of the call, so that the
+        // waiting connections cover a steady set of keys; a release before
+        // that left its wake-up in the signal lists, which stays there for
+        // `signalExpire`.
+        wakeUps ??= new WakeUps(
+          this.#redlock.masters,
+          this.#keys,
+          this.#signalExpire,
+        );
+        await this.#sleep(attempt, left, wakeUps, signal);
       }
     } finally {
       wakeUps?.stop();
@@ -480,9 +492,10 @@ export class RedlockLock implements AsyncDisposable {
       const raised = await Promise.all(
         granted.map(({ index }) =>
           within(
-            raiseScript.run(masters[index].connection, [this.#keys.fence], [
-              String(token),
-            ]),
+            () =>
+              raiseScript.run(masters[index].connection, [this.#keys.fence], [
+                String(token),
+              ]),
             masterTimeout,
           ).then(() => true, () => false)
         ),
@@ -518,27 +531,28 @@ export class RedlockLock implements AsyncDisposable {
     ];
     try {
       let reply = await within(
-        acquireScript.run(master.connection, keys, args),
+        (gaveUp) => acquireScript.run(master.connection, keys, args, gaveUp),
         masterTimeout,
       ) as (number | string)[];
       if (reply[0] === -1) {
         // The master's data is new: when did it start?
         const info = String(
           await within(
-            master.connection.send("INFO", ["server"]),
+            () => master.connection.send("INFO", ["server"]),
             masterTimeout,
           ),
         );
         const uptime = Number(/uptime_in_seconds:(\d+)/.exec(info)?.[1]);
         if (!Number.isFinite(uptime)) throw new Error("no uptime in INFO");
         await within(
-          startScript.run(master.connection, [START_KEY], [
-            String(uptime * 1000),
-          ]),
+          (gaveUp) =>
+            startScript.run(master.connection, [START_KEY], [
+              String(uptime * 1000),
+            ], gaveUp),
           masterTimeout,
         );
         reply = await within(
-          acquireScript.run(master.connection, keys, args),
+          (gaveUp) => acquireScript.run(master.connection, keys, args, gaveUp),
           masterTimeout,
         ) as (number | string)[];
       }
@@ -664,11 +678,13 @@ export class RedlockLock implements AsyncDisposable {
     const { masters, masterTimeout } = this.#redlock;
     const released = await Promise.all(masters.map(({ connection }) =>
       within(
-        releaseScript.run(
-          connection,
-          [this.#keys.lock, this.#keys.signal],
-          [String(this.#signalExpire), this.id, quiet ? "1" : ""],
-        ),
+        // A late let-go still cleans up: no `gaveUp` here.
+        () =>
+          releaseScript.run(
+            connection,
+            [this.#keys.lock, this.#keys.signal],
+            [String(this.#signalExpire), this.id, quiet ? "1" : ""],
+          ),
         masterTimeout,
       ).then((reply) => reply === 1, () => false)
     ));
@@ -729,7 +745,13 @@ export class RedlockLock implements AsyncDisposable {
     const started = now();
     const extended = await Promise.all(masters.map(({ connection }) =>
       within(
-        extendScript.run(connection, [this.#keys.lock], [this.id, String(ms)]),
+        (gaveUp) =>
+          extendScript.run(
+            connection,
+            [this.#keys.lock],
+            [this.id, String(ms)],
+            gaveUp,
+          ),
         masterTimeout,
       ).then((reply) => reply === 1 ? 1 : 0, () => -1)
     ));
@@ -774,7 +796,7 @@ export class RedlockLock implements AsyncDisposable {
     const { masters, quorum, masterTimeout } = this.#redlock;
     const ids = await Promise.all(
       masters.map(({ connection }) =>
-        within(connection.send("GET", [this.#keys.lock]), masterTimeout)
+        within(() => connection.send("GET", [this.#keys.lock]), masterTimeout)
           .then((reply) => reply === null ? null : String(reply), () => null)
       ),
     );

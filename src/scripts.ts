@@ -675,18 +675,23 @@ export class Script {
     ]);
   }
 
-  /** Runs the script with its keys and arguments. */
+  /**
+   * Runs the script with its keys and arguments. On `NOSCRIPT` the source
+   * is sent, unless `gaveUp()` says the caller has given up on the reply (a
+   * script sent after the caller cleaned up would undo the clean-up).
+   */
   run(
     connection: Sender,
     keys: readonly string[],
     args: readonly string[],
+    gaveUp?: () => boolean,
   ): Promise<Reply> {
     if (this.#sha === undefined) {
-      return this.sha().then(() => this.run(connection, keys, args));
+      return this.sha().then(() => this.run(connection, keys, args, gaveUp));
     }
     const params = [this.#sha, String(keys.length), ...keys, ...args];
     return connection.send("EVALSHA", params).catch((error) => {
-      if (!isNoScript(error)) throw error;
+      if (!isNoScript(error) || gaveUp?.()) throw error;
       params[0] = this.source;
       return connection.send("EVAL", params);
     });
