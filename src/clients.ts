@@ -89,6 +89,14 @@ export interface IoRedisClusterClient {
   readonly isCluster: boolean;
   /** The node connections (`"master"`: the masters). */
   nodes(role?: "all" | "master" | "slave"): IoRedisClient[];
+  /**
+   * A new Cluster with the same start-up nodes and options, but for
+   * `override`: the library's sharded subscriber (`shardedSubscribers`).
+   */
+  duplicate?(
+    startupNodes?: unknown[],
+    override?: Record<string, unknown>,
+  ): IoRedisClusterClient;
 }
 
 /**
@@ -142,6 +150,8 @@ export interface NodeRedisClusterClient {
   readonly masters: readonly unknown[];
   /** The client of one node. */
   nodeClient(node: unknown): Promise<NodeRedisClient> | NodeRedisClient;
+  /** A new, unconnected cluster client with the same options. */
+  duplicate?(): NodeRedisClusterClient;
 }
 
 /**
@@ -243,6 +253,26 @@ export interface Subscription {
   close(): Promise<void>;
 }
 
+/**
+ * A subscriber to sharded channels (`SSUBSCRIBE`) of a Redis Cluster, on
+ * connections of the library's own: one per node, however many channels.
+ */
+export interface ShardSubscriber {
+  /** Subscribes to `channel` on the node that owns its slot. */
+  add(channel: string): Promise<void>;
+  /** Unsubscribes from `channel`. */
+  remove(channel: string): Promise<void>;
+  /** Settles when the subscriber has closed for good. */
+  readonly ended: Promise<void>;
+  /** Closes the subscriber's connections. */
+  close(): Promise<void>;
+}
+
+/** Opens a sharded subscriber calling `onMessage` with each channel. */
+type ShardSubscribe = (
+  onMessage: (channel: string) => void,
+) => Promise<ShardSubscriber>;
+
 /** Subscribes to a channel for the `"pubsub"` wake transport. */
 type Subscribe = (
   channel: string,
@@ -282,6 +312,16 @@ export interface Connection {
   readonly cluster: boolean;
   /** Each master's own connection (this one, but on a Cluster). */
   masters(): Promise<Connection[]>;
+  /** Whether {@linkcode Connection.shardSubscriber} can open one. */
+  readonly canShardSubscribe: boolean;
+  /**
+   * Opens a subscriber to sharded channels of the Cluster, on connections
+   * of the library's own, calling `onMessage` with the channel of each
+   * message.
+   */
+  shardSubscriber(
+    onMessage: (channel: string) => void,
+  ): Promise<ShardSubscriber>;
 }
 
 const decoder = new TextDecoder();
@@ -331,10 +371,13 @@ class Adapter implements Connection {
   readonly #close: () => unknown;
   readonly #masters: (() => Promise<Connection[]>) | undefined;
   readonly #subscribe: Subscribe | undefined;
+  readonly #shardSubscribe: ShardSubscribe | undefined;
 
   /**
    * @param masters For a Cluster: each master's connection.
    * @param subscribe How to subscribe, if the client can.
+   * @param shardSubscribe For a Cluster: how to open a sharded subscriber,
+   * if the client can.
    */
   constructor(
     send: Send,
@@ -342,12 +385,31 @@ class Adapter implements Connection {
     close: () => unknown,
     masters?: () => Promise<Connection[]>,
     subscribe?: Subscribe,
+    shardSubscribe?: ShardSubscribe,
   ) {
     this.#send = send;
     this.#duplicate = duplicate;
     this.#close = close;
     this.#masters = masters;
     this.#subscribe = subscribe;
+    this.#shardSubscribe = shardSubscribe;
+  }
+
+  get canShardSubscribe(): boolean {
+    return this.#shardSubscribe !== undefined;
+  }
+
+  shardSubscriber(
+    onMessage: (channel: string) => void,
+  ): Promise<ShardSubscriber> {
+    if (this.#shardSubscribe === undefined) {
+      return Promise.reject(
+        new TypeError(
+          "Cannot subscribe to sharded channels as the client is not a Cluster client with duplicate()",
+        ),
+      );
+    }
+    return this.#shardSubscribe(onMessage);
   }
 
   get canSubscribe(): boolean {
@@ -416,13 +478,13 @@ function adapt(client: RedisClient): Connection {
     fn(client, "call") && (client as IoRedisClusterClient).isCluster === true
   ) {
     const io = client as IoRedisClusterClient;
-    // Waiting on a Cluster polls with the lock's own scripts: no connection
-    // of the library's own.
     return new Adapter(
       (command, args) => io.call(command, ...args),
       undefined,
       () => {},
       () => Promise.resolve(io.nodes("master").map((node) => adapt(node))),
+      undefined,
+      io.duplicate && ((onMessage) => ioShardSubscriber(io, onMessage)),
     );
   }
   if (fn(client, "call")) {
@@ -520,6 +582,9 @@ function adapt(client: RedisClient): Connection {
         }
         return masters;
       },
+      undefined,
+      cluster.duplicate &&
+        ((onMessage) => nodeRedisShardSubscriber(cluster, onMessage)),
     );
   }
   if (fn(client, "sendCommand") && fn(client, "duplicate")) {
@@ -573,6 +638,104 @@ function adapt(client: RedisClient): Connection {
       client === null ? "null" : typeof client
     }`,
   );
+}
+
+/** The part of an ioredis Cluster that subscribes to sharded channels. */
+interface IoRedisShardedCluster {
+  ssubscribe(channel: string): Promise<unknown>;
+  sunsubscribe(channel: string): Promise<unknown>;
+  disconnect(): void;
+  on(event: string, listener: (...args: unknown[]) => void): unknown;
+  once(event: string, listener: (...args: unknown[]) => void): unknown;
+  readonly status: string;
+}
+
+/**
+ * A sharded subscriber of an ioredis Cluster: a copy of the application's
+ * Cluster with `shardedSubscribers`, which keeps one subscriber connection
+ * per master, follows the slots as they move and subscribes again after a
+ * reconnection.
+ */
+async function ioShardSubscriber(
+  io: IoRedisClusterClient,
+  onMessage: (channel: string) => void,
+): Promise<ShardSubscriber> {
+  const copy = io.duplicate!([], {
+    shardedSubscribers: true,
+  }) as unknown as IoRedisShardedCluster;
+  copy.on("error", ignore);
+  copy.on("smessage", (channel) => onMessage(String(channel)));
+  const ended = new Promise<void>((resolve) =>
+    copy.once("end", () => resolve())
+  );
+  const close = async () => {
+    if (copy.status === "end") return;
+    copy.disconnect();
+    await ended;
+  };
+  try {
+    await new Promise<void>((resolve, reject) => {
+      copy.once("ready", () => resolve());
+      copy.once("end", () => reject(new Error("Connection is closed.")));
+    });
+  } catch (error) {
+    await close();
+    throw error;
+  }
+  return {
+    add: async (channel) => void await copy.ssubscribe(channel),
+    remove: async (channel) => void await copy.sunsubscribe(channel),
+    ended,
+    close,
+  };
+}
+
+/** The part of a node-redis cluster client that subscribes to shards. */
+interface NodeRedisShardedCluster {
+  connect(): Promise<unknown>;
+  sSubscribe(
+    channel: string,
+    listener: (message: unknown, channel: unknown) => void,
+  ): Promise<void>;
+  sUnsubscribe(
+    channel: string,
+    listener: (message: unknown, channel: unknown) => void,
+  ): Promise<void>;
+  destroy(): void;
+  on(event: string, listener: (...args: unknown[]) => void): unknown;
+}
+
+/**
+ * A sharded subscriber of a node-redis cluster client: a connected copy of
+ * it, whose sharded subscriptions take one connection per master.
+ */
+async function nodeRedisShardSubscriber(
+  cluster: NodeRedisClusterClient,
+  onMessage: (channel: string) => void,
+): Promise<ShardSubscriber> {
+  const copy = cluster.duplicate!() as unknown as NodeRedisShardedCluster;
+  copy.on("error", ignore);
+  let end!: () => void;
+  const ended = new Promise<void>((resolve) => end = resolve);
+  const close = () => {
+    copy.destroy();
+    end();
+    return Promise.resolve();
+  };
+  const listener = (_message: unknown, channel: unknown) =>
+    onMessage(String(channel));
+  try {
+    await copy.connect();
+  } catch (error) {
+    await close();
+    throw error;
+  }
+  return {
+    add: (channel) => copy.sSubscribe(channel, listener),
+    remove: (channel) => copy.sUnsubscribe(channel, listener),
+    ended,
+    close,
+  };
 }
 
 /** The key a command is routed by on a Cluster: scripts' first key. */

@@ -109,6 +109,11 @@ export interface LockKeys {
   readonly onlyLock: readonly string[];
   /** `[lock, fence]`, as CLAIM takes them. */
   readonly forClaim: readonly string[];
+  /**
+   * `"s"` on a Cluster, where a freed lock is announced on the sharded
+   * channel named as the signal list; `""` otherwise.
+   */
+  readonly announce: "s" | "";
 }
 
 /**
@@ -134,6 +139,7 @@ export function lockKeys(name: string, cluster = false): LockKeys {
     all: [lock, signal, queue, fence, turn],
     onlyLock: [lock],
     forClaim: [lock, fence],
+    announce: cluster ? "s" : "",
   };
 }
 

@@ -47,11 +47,13 @@ import {
 import {
   type Acquisition,
   drivesName,
+  shutDown,
   type Waiter,
   waiterOf,
 } from "./waiter.ts";
 import { type ServerView, viewOf } from "./_server_view.ts";
 import { classify } from "./_failure.ts";
+import { CLUSTER_TICK, clusterWaitsOf } from "./_cluster_waits.ts";
 
 const acquireScript = new Script(ACQUIRE, (keys) => keys.all);
 const releaseScript = new Script(RELEASE, (keys) => keys.all);
@@ -67,8 +69,15 @@ function randomId(): string {
   return btoa(String.fromCharCode(...bytes));
 }
 
-/** Resolves after `ms`, or at once when `signal` aborts. */
-function pause(ms: number, signal?: AbortSignal): Promise<void> {
+/**
+ * Resolves after `ms`, or at once when `signal` aborts or `early`
+ * resolves.
+ */
+function pause(
+  ms: number,
+  signal?: AbortSignal,
+  early?: Promise<void>,
+): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
       clearTimeout(timer);
@@ -77,6 +86,7 @@ function pause(ms: number, signal?: AbortSignal): Promise<void> {
     };
     const timer = setTimeout(done, ms);
     signal?.addEventListener("abort", done, { once: true });
+    early?.then(done);
   });
 }
 
@@ -112,7 +122,7 @@ export async function resetLock(
       connection,
       keys,
       signalExpire,
-      [holder === null ? "" : String(holder)],
+      [holder === null ? "" : String(holder), keys.announce],
     ) as [number];
     // The lock changed hands by itself: the holder meant to go has gone.
     if (status !== 2 || attempt === 2) return status === 1;
@@ -220,24 +230,32 @@ export class Lock implements AsyncDisposable {
     this.#fair = valid.fair;
     this.#transport = valid.transport;
     this.#pollInterval = valid.pollInterval;
-    if (this.#transport === "pubsub" && !this.#connection.canSubscribe) {
-      throw new TypeError(
-        invalid(
-          "create lock",
-          "transport",
-          "needs a client that subscribes (ioredis, redis, or subscribe() on a { send } client)",
-          this.#transport,
-        ),
-      );
+    this.#checkTransport();
+  }
+
+  /** Throws when the client cannot wait with the chosen transport. */
+  #checkTransport(): void {
+    const transport = this.#transport;
+    const connection = this.#connection;
+    let needs: string | undefined;
+    if (connection.cluster) {
+      if (transport === "blpop") {
+        needs =
+          'cannot wait on a Redis Cluster (one BLPOP would span many slots): use "pubsub" or "poll"';
+      } else if (transport === "pubsub" && !connection.canShardSubscribe) {
+        needs =
+          "needs a Cluster client that opens connections (an ioredis Cluster, or a redis createCluster() client)";
+      }
+    } else if (transport === "pubsub" && !connection.canSubscribe) {
+      needs =
+        "needs a client that subscribes (ioredis, redis, or subscribe() on a { send } client)";
+    } else if (transport === "blpop" && !connection.canDuplicate) {
+      needs =
+        'needs a client that opens connections (duplicate(), or withConnect(client, connect)); "poll" does not';
     }
-    if (this.#transport === "blpop" && !this.#connection.canDuplicate) {
+    if (needs !== undefined) {
       throw new TypeError(
-        invalid(
-          "create lock",
-          "transport",
-          'needs a client that opens connections (duplicate(), or withConnect(client, connect)); "poll" does not',
-          this.#transport,
-        ),
+        invalid("create lock", "transport", needs, transport),
       );
     }
   }
@@ -320,7 +338,10 @@ export class Lock implements AsyncDisposable {
         return await this.#tryOnce(signal) ?? false;
       }
       if (this.#connection.cluster) {
-        return await this.#tryUntil(timeout, signal);
+        const deadline = performance.now() + timeout;
+        if (await this.#tryOnce(signal)) return true;
+        const left = Math.max(0, deadline - performance.now());
+        return await this.#waitOnCluster(left, signal);
       }
       // Taken now, so that a shutdown() from here on rejects this acquire.
       const waiter = waiterOf(this.#connection, this.#transport);
@@ -436,22 +457,44 @@ export class Lock implements AsyncDisposable {
   }
 
   /**
-   * Waits on a Redis Cluster, where the queue's wake lists cannot reach a
-   * process across slots yet: tries again every `pollInterval` ms (plus up
-   * to half of it, at random), or at the holder's expiry if sooner, until
-   * `timeout`. Never queued: nothing is left in Redis between tries.
+   * Waits on a Redis Cluster, where waiters race rather than queue (see
+   * `_cluster_waits.ts`): subscribed to the lock's sharded channel before
+   * the attempt that may make it wait (unless `transport: "poll"`), tries
+   * again at each release announced there, at the holder's expiry, and
+   * every tick (`CLUSTER_TICK` ms, or `pollInterval` when polling; plus up
+   * to half of it, at random), until `timeout`. Nothing is left in Redis
+   * between tries.
    */
-  async #tryUntil(timeout: number, signal?: AbortSignal): Promise<boolean> {
+  async #waitOnCluster(
+    timeout: number,
+    signal?: AbortSignal,
+  ): Promise<boolean> {
     const deadline = performance.now() + timeout;
-    for (;;) {
-      this.#busyFor = -1;
-      if (await this.#tryOnce(signal)) return true;
-      const left = deadline - performance.now();
-      if (left <= 0) return false;
-      const poll = this.#pollInterval * (1 + Math.random() / 2);
-      const expiry = this.#busyFor >= 0 ? this.#busyFor + 1 : Infinity;
-      await pause(Math.min(poll, expiry, left), signal);
-      signal?.throwIfAborted();
+    const announced = this.#transport !== "poll" &&
+      this.#connection.canShardSubscribe;
+    const tick = announced ? CLUSTER_TICK : this.#pollInterval;
+    const watch = clusterWaitsOf(this.#connection).watch(
+      announced ? this.#keys.signal : "",
+    );
+    try {
+      for (;;) {
+        if (watch.shutDown) throw shutDown(this.name);
+        await watch.ready();
+        const released = watch.next();
+        this.#busyFor = -1;
+        if (await this.#tryOnce(signal)) return true;
+        const left = deadline - performance.now();
+        if (left <= 0) return false;
+        const expiry = this.#busyFor >= 0 ? this.#busyFor + 1 : Infinity;
+        await pause(
+          Math.min(tick * (1 + Math.random() / 2), expiry, left),
+          signal,
+          released,
+        );
+        signal?.throwIfAborted();
+      }
+    } finally {
+      watch.end();
     }
   }
 
@@ -543,7 +586,7 @@ export class Lock implements AsyncDisposable {
           this.#connection,
           this.#keys,
           this.#signalExpire,
-          [this.id],
+          [this.id, this.#keys.announce],
         );
         return;
       } catch (error) {
@@ -581,9 +624,7 @@ export class Lock implements AsyncDisposable {
           this.#connection,
           this.#keys,
           this.#signalExpire,
-          [
-            this.id,
-          ],
+          [this.id, this.#keys.announce],
         ),
     );
     if (reply === 1) {

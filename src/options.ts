@@ -18,7 +18,11 @@
  *   clients or proxies that refuse blocking commands.
  * - `"pubsub"`: the polls of `"poll"`, made at once when a hand-over to the
  *   process is published on its channel, and every second otherwise. For
- *   clients or proxies that refuse blocking commands but subscribe.
+ *   clients or proxies that refuse blocking commands but subscribe. On a
+ *   Redis Cluster (the default there), waiters race rather than queue and
+ *   hear of a freed lock on its sharded channel (`SSUBSCRIBE`, one
+ *   connection per master); `"poll"` retries every `pollInterval` ms there,
+ *   and `"blpop"` is refused.
  *
  * @example Waiting through an HTTP Redis client
  * ```ts ignore
@@ -84,13 +88,14 @@ export interface LockOptions {
    * {@linkcode Transport}. Waiters of one client that use one transport
    * share it.
    *
-   * @default {"blpop", or "poll" for a client that cannot open connections}
+   * @default {"blpop"; "pubsub" on a Cluster, or for a client that cannot open connections but subscribes; else "poll"}
    */
   transport?: Transport;
   /**
-   * With `transport: "poll"`: milliseconds between two polls that found
-   * nothing, at least; a random part of up to half of it is added. A
-   * process polls no faster than the shortest interval among its waits.
+   * With `transport: "poll"` (also on a Cluster): milliseconds between two
+   * polls that found nothing, at least; a random part of up to half of it
+   * is added. A process polls no faster than the shortest interval among
+   * its waits.
    *
    * @default {100}
    */

@@ -163,10 +163,13 @@ end
  * racers' turn is due: then the lock is deleted and a wake-up (`2`) left in
  * the signal list for `TURN` ms, during which this library's queued waiters
  * leave it to racers. With nobody alive queued, the lock is deleted with a
- * wake-up in the signal list (python-redis-lock's UNLOCK). They leave
+ * wake-up in the signal list (python-redis-lock's UNLOCK), and, when
+ * `announce` (a Lua expression) holds, announced on a Cluster's sharded
+ * channel named as the signal list (its waiters do not queue). They leave
  * `opened` true when a turn opened.
  */
-const LET_GO = `
+function letGo(announce: string): string {
+  return `
 local opened = false
 local waiting = redis.call('llen', KEYS[3]) > 0
 if waiting then
@@ -178,8 +181,8 @@ if waiting then
     local clock = redis.call('time')
     local ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
     redis.call('set', KEYS[5], 'o' .. string.format('%d', ms + ${TURN}), 'PX', ${
-  TURN + TURN_QUIET
-})
+    TURN + TURN_QUIET
+  })
     redis.call('del', KEYS[2])
     redis.call('lpush', KEYS[2], 2)
     redis.call('pexpire', KEYS[2], ${TURN + TURN_QUIET})
@@ -203,8 +206,12 @@ end
 if not handed and not opened then
   ${SIGNAL}
   redis.call('del', KEYS[1])
+  if ${announce} then
+    redis.pcall('spublish', KEYS[2], '1')
+  end
 end
 `;
+}
 
 /**
  * KEYS: lock, signal, queue, fence, turn. ARGV: id, expire ms ("" for
@@ -308,7 +315,8 @@ return {0, pttl}
 `;
 
 /**
- * KEYS: lock, signal, queue, fence, turn. ARGV: signal expiry, id.
+ * KEYS: lock, signal, queue, fence, turn. ARGV: signal expiry, id, "s" to
+ * announce a freed lock on the Cluster's sharded channel ("" not to).
  * If this id holds the lock, lets it go: to the first queued waiter alive,
  * to racers for their turn, or else deletes it and leaves one wake-up in
  * the signal list (python-redis-lock's UNLOCK). Returns 0 when released, 2
@@ -319,7 +327,7 @@ ${EFFECTS}
 if redis.call('get', KEYS[1]) ~= ARGV[2] then
   return 1
 end
-${LET_GO}
+${letGo("ARGV[3] == 's'")}
 if opened then return 2 end
 return 0
 `;
@@ -391,7 +399,8 @@ return {0, token}
 
 /**
  * KEYS: lock, signal, queue, fence, turn. ARGV: signal expiry, the holder's
- * id the caller read ("" for none).
+ * id the caller read ("" for none), "s" to announce a freed lock on the
+ * Cluster's sharded channel ("" not to).
  * If that is still the holder (or the lock is still free), deletes the lock
  * and lets it go as a release does (python-redis-lock's RESET). Returns
  * `{1}` when a lock was deleted, `{0}` when there was none, `{2}` when the
@@ -403,7 +412,7 @@ local holder = redis.call('get', KEYS[1])
 if (holder or '') ~= ARGV[2] then
   return {2}
 end
-${LET_GO}
+${letGo("ARGV[3] == 's'")}
 if holder then return {1} end
 return {0}
 `;
@@ -492,7 +501,7 @@ if ARGV[3] ~= '' then
   ${SET_FOR_ENTRY}
   return {3, token}
 end
-${LET_GO}
+${letGo("false")}
 return {1}
 `;
 

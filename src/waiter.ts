@@ -35,6 +35,7 @@ import {
 import { INSPECT, INTERRUPT as INTERRUPT_SCRIPT, Script } from "./scripts.ts";
 import { BlockingPop, INTERRUPT } from "./_blocking_pop.ts";
 import type { PopOwner, WakeTransport } from "./_wake_transport.ts";
+import { shutdownClusterWaits } from "./_cluster_waits.ts";
 import { PollingPop } from "./_polling_pop.ts";
 import { PubSubPop } from "./_pubsub_pop.ts";
 import type { Transport } from "./options.ts";
@@ -71,7 +72,8 @@ function randomProcessId(): string {
     .replaceAll("/", "_");
 }
 
-function shutDown(name: string): LockError {
+/** The error of a wait that `shutdown()` ended. */
+export function shutDown(name: string): LockError {
   return new LockError(`Stopped waiting for lock '${name}': shut down`);
 }
 
@@ -90,7 +92,10 @@ export class Waiter implements WaiterContext {
    */
   readonly #listeners = new Map<
     string,
-    { readonly signalExpire: number; readonly wake: Set<() => void> }
+    {
+      readonly signalExpire: number;
+      readonly wake: Set<(shutDown: boolean) => void>;
+    }
   >();
   /** Tickets that may receive a hand-over, and their names. */
   readonly #tickets = new Map<string, NameWaits>();
@@ -265,11 +270,19 @@ export class Waiter implements WaiterContext {
    * Calls `wake` at every wake-up left in the signal list of `keys` (by a
    * release or a reset on this server, of either library), when the
    * transport recovers from a failure that may have lost one, and at
-   * shutdown. The wake-up is taken: whoever listens races for the lock. The
-   * returned function stops listening; it must be called on every path.
+   * shutdown (with `shutDown` true). The wake-up is taken: whoever listens
+   * races for the lock. The returned function stops listening; it must be
+   * called on every path.
    */
-  listen(keys: LockKeys, signalExpire: number, wake: () => void): () => void {
-    if (this.#closed) return () => {};
+  listen(
+    keys: LockKeys,
+    signalExpire: number,
+    wake: (shutDown: boolean) => void,
+  ): () => void {
+    if (this.#closed) {
+      wake(true);
+      return () => {};
+    }
     let listener = this.#listeners.get(keys.signal);
     if (listener === undefined) {
       listener = { signalExpire, wake: new Set() };
@@ -291,10 +304,10 @@ export class Waiter implements WaiterContext {
   }
 
   /** Wakes the listeners of a signal list; whether there were any. */
-  #wakeListeners(key: string): boolean {
+  #wakeListeners(key: string, shutDown = false): boolean {
     const listener = this.#listeners.get(key);
     if (listener === undefined) return false;
-    for (const wake of listener.wake) wake();
+    for (const wake of listener.wake) wake(shutDown);
     return true;
   }
 
@@ -430,7 +443,9 @@ export class Waiter implements WaiterContext {
         wait.giveUp({ reason: shutDown(waits.name) });
       }
     }
-    for (const key of [...this.#listeners.keys()]) this.#wakeListeners(key);
+    for (const key of [...this.#listeners.keys()]) {
+      this.#wakeListeners(key, true);
+    }
     this.#listeners.clear();
     const cleaned = Promise.all([
       ...names.map((waits) => waits.drained),
@@ -512,5 +527,9 @@ export async function shutdownWaiter(connection: Connection): Promise<void> {
  * ```
  */
 export async function shutdown(client: RedisClient): Promise<void> {
-  await shutdownWaiter(toConnection(client));
+  const connection = toConnection(client);
+  await Promise.all([
+    shutdownWaiter(connection),
+    shutdownClusterWaits(connection),
+  ]);
 }

@@ -14,12 +14,18 @@
  *     increments `counter:<name>` on the store with a non-atomic GET then
  *     SET; prints the holdings (cut short where the lock was lost) as JSON.
  *
+ *   deno run tests/_worker.ts cluster <port> <name,…> <iterations>
+ *     on the Redis Cluster a node of which listens on <port>: <iterations>
+ *     times, acquires the next of the names in turn and increments
+ *     `counter:{<name>}` with a non-atomic GET then SET; prints the
+ *     holdings as JSON, `[start, end, name]` each.
+ *
  *   deno run tests/_worker.ts hold <port> <name> <start-at-epoch-ms>
  *     waits until the given time, acquires (blocking, no expiry), counts the
  *     acquisition in `acquired:<name>`, and holds the lock until killed.
  */
 
-import { Redis } from "ioredis";
+import { Cluster, Redis } from "ioredis";
 import { acquire, Redlock, shutdown } from "../mod.ts";
 
 const [mode, port, name, arg, storePort] = Deno.args;
@@ -73,6 +79,23 @@ if (mode === "count") {
     await shutdown(client);
     client.disconnect();
   }
+} else if (mode === "cluster") {
+  const cluster = new Cluster([{ host: "127.0.0.1", port: Number(port) }]);
+  const names = name.split(",");
+  const intervals: [number, number, string][] = [];
+  for (let i = 0; i < Number(arg); i++) {
+    const held = names[i % names.length];
+    await using _lock = await acquire(cluster, held, { expire: 10_000 });
+    const start = now();
+    const value = Number(await cluster.get(`counter:{${held}}`) ?? 0);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+    await cluster.set(`counter:{${held}}`, value + 1);
+    intervals.push([start, now(), held]);
+  }
+  console.log(JSON.stringify({ pid: Deno.pid, intervals }));
+  await shutdown(cluster);
+  cluster.disconnect();
+  redis.disconnect();
 } else if (mode === "queue") {
   await acquire(redis, name);
   await new Promise(() => {}); // killed while waiting, or holding

@@ -10,17 +10,27 @@ import { createCluster } from "redis";
 import {
   acquire,
   Lock,
+  LockError,
   LockLostError,
   type RedisClient,
   resetAll,
+  shutdown,
 } from "../mod.ts";
 import { type LocalCluster, migrateSlot, startCluster } from "./_cluster.ts";
 import { RespClient } from "./_resp.ts";
+import { slotOf } from "../src/keys.ts";
+import { denoScript } from "./_deno.ts";
+
+const worker = new URL("./_worker.ts", import.meta.url);
 
 const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** Disconnects a cluster client and waits until every node has ended. */
+/**
+ * Stops the client's waiting, disconnects it and waits until every node
+ * has ended.
+ */
 async function closeCluster(client: Cluster): Promise<void> {
+  await shutdown(client);
   if (client.status === "end") return;
   await new Promise<void>((resolve) => {
     client.once("end", () => resolve());
@@ -33,6 +43,81 @@ async function ioCluster(cluster: LocalCluster): Promise<Cluster> {
   client.on("error", () => {});
   await new Promise((resolve) => client.once("ready", resolve));
   return client;
+}
+
+/**
+ * `perMaster` names for each master: names whose slots the masters own,
+ * found by trying `<prefix><i>`.
+ */
+function namesOnEveryMaster(
+  client: Cluster,
+  prefix: string,
+  perMaster: number,
+): string[] {
+  const byMaster = new Map<string, string[]>();
+  for (
+    let i = 0;
+    byMaster.size < 3 ||
+    [...byMaster.values()].some((names) => names.length < perMaster);
+    i++
+  ) {
+    const name = `${prefix}${i}`;
+    const master = (client as unknown as { slots: string[][] })
+      .slots[slotOf(`lock:{${name}}`)][0];
+    const names = byMaster.get(master) ?? [];
+    if (names.length < perMaster) names.push(name);
+    byMaster.set(master, names);
+  }
+  return [...byMaster.values()].flat();
+}
+
+/** The number of Pub/Sub connections on each master, by `CLIENT LIST`. */
+async function subscribersOnMasters(cluster: LocalCluster): Promise<number[]> {
+  const counts: number[] = [];
+  for (const node of cluster.nodes) {
+    const raw = await RespClient.connect(node.port);
+    try {
+      const role = String(await raw.command("ROLE"));
+      if (!role.startsWith("master")) continue;
+      const list = String(
+        await raw.command("CLIENT", "LIST", "TYPE", "pubsub"),
+      );
+      counts.push(list.split("\n").filter((line) => line.trim()).length);
+    } finally {
+      await raw.close();
+    }
+  }
+  return counts;
+}
+
+/** Subscriptions to a sharded channel, over every node. */
+async function shardSubscriptions(
+  cluster: LocalCluster,
+  channel: string,
+): Promise<number> {
+  let count = 0;
+  for (const node of cluster.nodes) {
+    const raw = await RespClient.connect(node.port);
+    try {
+      const reply = await raw.command("PUBSUB", "SHARDNUMSUB", channel);
+      count += Number((reply as unknown[])[1]);
+    } finally {
+      await raw.close();
+    }
+  }
+  return count;
+}
+
+/** Kills every Pub/Sub connection on every node. */
+async function killSubscribers(cluster: LocalCluster): Promise<void> {
+  for (const node of cluster.nodes) {
+    const raw = await RespClient.connect(node.port);
+    try {
+      await raw.command("CLIENT", "KILL", "TYPE", "pubsub");
+    } finally {
+      await raw.close();
+    }
+  }
 }
 
 /** Every key on every node's masters, by `KEYS` on each. */
@@ -154,6 +239,183 @@ Deno.test("Cluster: names over every master, the keys of each in one slot", asyn
       }
     });
 
+    await t.step(
+      "waiters woken across nodes by sharded Pub/Sub, one subscriber connection per node",
+      async () => {
+        const other = await ioCluster(cluster);
+        try {
+          const names = namesOnEveryMaster(client, "woken:", 3);
+          const holders = await Promise.all(
+            names.map((name) => acquire(client, name, { expire: 20_000 })),
+          );
+          const waits = names.map((name) => {
+            const lock = new Lock(other, name);
+            return lock.acquire({ timeout: 10_000 }).then((acquired) => ({
+              lock,
+              acquired,
+              at: performance.now(),
+            }));
+          });
+          // Settled when shut down after a failure, too.
+          waits.forEach((wait) => wait.catch(() => {}));
+          await delay(300);
+          // One subscriber connection on each master, whatever the number
+          // of names; one subscription to each name's channel.
+          assert.deepEqual(await subscribersOnMasters(cluster), [1, 1, 1]);
+          for (const name of names) {
+            assert.equal(
+              await shardSubscriptions(cluster, `lock-signal:{${name}}`),
+              1,
+            );
+          }
+          const released = performance.now();
+          for (const holder of holders) await holder.release();
+          for (const { lock, acquired, at } of await Promise.all(waits)) {
+            assert.equal(acquired, true);
+            // Well before a tick (1,000 ms or more): heard, not polled.
+            assert.ok(at - released < 300, `woken after ${at - released} ms`);
+            await lock.release();
+          }
+          // The subscriber closes about a second after the last wait.
+          await delay(1_500);
+          assert.deepEqual(await subscribersOnMasters(cluster), [0, 0, 0]);
+        } finally {
+          await closeCluster(other);
+        }
+      },
+    );
+
+    await t.step(
+      "a subscription dropped while waiting costs at most a tick",
+      async () => {
+        const other = await ioCluster(cluster);
+        try {
+          const holder = await acquire(client, "dropped", { expire: 20_000 });
+          const started = performance.now();
+          const waiting = new Lock(other, "dropped").acquire({
+            timeout: 10_000,
+          });
+          await delay(300);
+          await killSubscribers(cluster);
+          await holder.release();
+          assert.equal(await waiting, true);
+          const waited = performance.now() - started;
+          assert.ok(waited < 300 + 1_600, `acquired after ${waited} ms`);
+          await new Lock(other, "dropped").reset();
+          // Subscribed again: the next release is heard at once.
+          const again = await acquire(client, "dropped", { expire: 20_000 });
+          const next = new Lock(other, "dropped").acquire({ timeout: 10_000 });
+          await delay(1_700);
+          const released = performance.now();
+          await again.release();
+          assert.equal(await next, true);
+          const heard = performance.now() - released;
+          assert.ok(heard < 300, `acquired ${heard} ms after the release`);
+          await new Lock(other, "dropped").reset();
+        } finally {
+          await closeCluster(other);
+        }
+      },
+    );
+
+    await t.step(
+      "transports: BLPOP refused, polling waits, shutdown() ends waits",
+      async () => {
+        assert.throws(
+          () => new Lock(client, "t", { transport: "blpop" }),
+          (error: Error) =>
+            error instanceof TypeError && /transport/.test(error.message) &&
+            /Cluster/.test(error.message),
+        );
+        const other = await ioCluster(cluster);
+        try {
+          const holder = await acquire(client, "polled", { expire: 20_000 });
+          const polled = new Lock(other, "polled", {
+            transport: "poll",
+            pollInterval: 50,
+          }).acquire({ timeout: 10_000 });
+          await delay(200);
+          // Polling subscribes to nothing.
+          assert.deepEqual(await subscribersOnMasters(cluster), [0, 0, 0]);
+          await holder.release();
+          assert.equal(await polled, true);
+          await new Lock(other, "polled").reset();
+
+          const held = await acquire(client, "ended", { expire: 20_000 });
+          const waits = [
+            new Lock(other, "ended").acquire(),
+            new Lock(other, "ended", { transport: "poll" }).acquire(),
+          ];
+          await delay(200);
+          await shutdown(other);
+          for (const wait of waits) {
+            await assert.rejects(
+              wait,
+              (error: Error) =>
+                error instanceof LockError && /shut down/.test(error.message),
+            );
+          }
+          assert.deepEqual(await subscribersOnMasters(cluster), [0, 0, 0]);
+          await held.release();
+          // A later wait opens a new subscriber.
+          const next = await acquire(client, "ended", { expire: 20_000 });
+          const later = new Lock(other, "ended").acquire({ timeout: 10_000 });
+          await delay(200);
+          await next.release();
+          assert.equal(await later, true);
+          await new Lock(other, "ended").reset();
+        } finally {
+          await closeCluster(other);
+        }
+      },
+    );
+
+    await t.step(
+      "no two processes hold a lock at once, names over every master",
+      async () => {
+        const names = namesOnEveryMaster(client, "procs:", 1);
+        const iterations = 30;
+        const children = Array.from({ length: 4 }, () =>
+          denoScript(
+            worker,
+            [
+              "cluster",
+              String(cluster.addresses[0].port),
+              names.join(","),
+              String(iterations),
+            ],
+            { stdout: "piped", stderr: "inherit" },
+          ).spawn());
+        const results = await Promise.all(
+          children.map((child) => child.output()),
+        );
+        const byName = new Map<string, [number, number][]>();
+        for (const result of results) {
+          assert.equal(result.code, 0);
+          const { intervals } = JSON.parse(
+            new TextDecoder().decode(result.stdout),
+          ) as { intervals: [number, number, string][] };
+          for (const [start, end, name] of intervals) {
+            byName.set(name, [...byName.get(name) ?? [], [start, end]]);
+          }
+        }
+        for (const name of names) {
+          const held = byName.get(name)!.sort((a, b) => a[0] - b[0]);
+          for (let i = 1; i < held.length; i++) {
+            assert.ok(held[i][0] >= held[i - 1][1], `overlap on ${name}`);
+          }
+          assert.equal(
+            await client.get(`counter:{${name}}`),
+            String(held.length),
+          );
+        }
+        assert.equal(
+          [...byName.values()].reduce((sum, held) => sum + held.length, 0),
+          4 * iterations,
+        );
+      },
+    );
+
     await t.step("resetAll() resets the locks of every master", async () => {
       const names = Array.from({ length: 12 }, (_, i) => `reset:${i}`);
       for (const name of names) await acquire(client, name);
@@ -248,12 +510,27 @@ Deno.test("Cluster: node-redis's cluster client", async () => {
       assert.equal(await lock.ownerId(), lock.id);
       await lock.extend();
     }
-    const holder = await acquire(redis, "waited");
-    const waiting = new Lock(redis, "waited").acquire({ timeout: 5_000 });
-    await delay(100);
-    await holder.release();
-    assert.equal(await waiting, true);
-    assert.equal(await resetAll(redis), 1);
+    // Waiters on every master, woken by sharded Pub/Sub.
+    const woken = names.slice(0, 6);
+    const holders = await Promise.all(
+      woken.map((name) => acquire(redis, name, { expire: 20_000 })),
+    );
+    const waits = woken.map((name) =>
+      new Lock(redis, name).acquire({ timeout: 10_000 }).then((acquired) => ({
+        acquired,
+        at: performance.now(),
+      }))
+    );
+    waits.forEach((wait) => wait.catch(() => {}));
+    await delay(300);
+    const released = performance.now();
+    for (const holder of holders) await holder.release();
+    for (const { acquired, at } of await Promise.all(waits)) {
+      assert.equal(acquired, true);
+      assert.ok(at - released < 300, `woken after ${at - released} ms`);
+    }
+    assert.equal(await resetAll(redis), woken.length);
+    await shutdown(redis);
   } finally {
     await client.close();
   }
