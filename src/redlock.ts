@@ -57,7 +57,7 @@ import {
   R_START,
   Script,
 } from "./scripts.ts";
-import { waiterOf } from "./waiter.ts";
+import { shutDown, waiterOf } from "./waiter.ts";
 import { unrefTimer } from "./_runtime.ts";
 
 const acquireScript = new Script(R_ACQUIRE, () => []);
@@ -466,6 +466,9 @@ export class RedlockLock implements AsyncDisposable {
           this.#signalExpire,
         );
         await this.#sleep(attempt, left, wakeUps, signal);
+        if (wakeUps.shutDown) {
+          throw shutDown(this.name);
+        }
       }
     } finally {
       wakeUps?.stop();
@@ -830,6 +833,8 @@ class WakeUps {
   readonly #stops: (() => void)[];
   /** A wake-up came since the last `next()`. */
   #pending = false;
+  /** Set once `shutdown()` of a master's client ended the listening. */
+  shutDown = false;
   #ring: (() => void) | undefined;
 
   constructor(
@@ -837,8 +842,9 @@ class WakeUps {
     keys: LockKeys,
     signalExpire: number,
   ) {
-    const ring = () => {
+    const ring = (shutDown: boolean) => {
       this.#pending = true;
+      if (shutDown) this.shutDown = true;
       this.#ring?.();
     };
     this.#stops = masters.map(({ connection }) =>

@@ -20,4 +20,5 @@ Deno.test("Lock with Bun's RedisClient, under Bun", async () => {
   for (const { name } of runs()) {
     assert.ok(output.includes(`ok ${name}\n`), `ran ${name}`);
   }
+  assert.ok(output.includes("ok pubsub hand-over\n"), output);
 });

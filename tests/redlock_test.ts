@@ -143,6 +143,34 @@ Deno.test("Redlock: a busy lock is refused, or waited for and taken at its relea
   await lock.release();
 });
 
+Deno.test("Redlock: shutdown() of a master's client ends a waiting acquire, leaving nothing", async () => {
+  await using env = await masters();
+  const holder = await acquire(env.redlock, "ended", { expire: 30_000 });
+  const clients = await Promise.all(env.servers.map(connect));
+  try {
+    const waiting = new Redlock(clients).lock("ended").acquire({
+      timeout: 20_000,
+    });
+    await delay(300);
+    const started = performance.now();
+    await shutdown(clients[2]);
+    await assert.rejects(
+      waiting,
+      (error: Error) =>
+        error instanceof LockError && /shut down/.test(error.message),
+    );
+    assert.ok(performance.now() - started < 1_000);
+    assert.deepEqual(await env.values("ended"), Array(5).fill(holder.id));
+    await holder.release();
+    assert.deepEqual(await env.values("ended"), Array(5).fill(null));
+  } finally {
+    for (const client of clients) {
+      await shutdown(client);
+      await close(client);
+    }
+  }
+});
+
 Deno.test("Redlock: a waiter takes the lock when the holder's expiry passes", async () => {
   await using env = await masters();
   await env.redlock.lock("expiring", { expire: 400 }).acquire(); // never released
