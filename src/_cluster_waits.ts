@@ -57,10 +57,15 @@ export class Watch {
 
   /**
    * Subscribes, unless subscribed; resolves either way (a failure is tried
-   * again at the next call).
+   * again at the next call), within `ms` at most: a wait never hangs on a
+   * subscription, which only makes it hear of releases sooner.
    */
-  ready(): Promise<void> {
-    return this.#owner.subscribe(this);
+  async ready(ms: number): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      this.#owner.subscribe(this),
+      new Promise<void>((resolve) => timer = setTimeout(resolve, ms)),
+    ]).finally(() => clearTimeout(timer));
   }
 
   /** A promise that the next message (or a shutdown) resolves. */
@@ -152,7 +157,8 @@ export class ClusterWaits {
         watch.wake();
       }
     }).then((subscriber) => {
-      if (this.#closed) {
+      // Closed, or given up on, while it opened.
+      if (this.#closed || this.#subscriber !== opening) {
         return subscriber.close().then(() => undefined);
       }
       // Closed for good under the watches: each subscribes again.

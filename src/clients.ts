@@ -640,6 +640,9 @@ function adapt(client: RedisClient): Connection {
   );
 }
 
+/** Milliseconds a sharded subscriber has to get ready before it fails. */
+const SUBSCRIBER_READY = 5_000;
+
 /** The part of an ioredis Cluster that subscribes to sharded channels. */
 interface IoRedisShardedCluster {
   ssubscribe(channel: string): Promise<unknown>;
@@ -673,11 +676,16 @@ async function ioShardSubscriber(
     copy.disconnect();
     await ended;
   };
+  let timer: ReturnType<typeof setTimeout> | undefined;
   try {
     await new Promise<void>((resolve, reject) => {
       copy.once("ready", () => resolve());
       copy.once("end", () => reject(new Error("Connection is closed.")));
-    });
+      timer = setTimeout(
+        () => reject(new Error("Cluster subscriber not ready in time")),
+        SUBSCRIBER_READY,
+      );
+    }).finally(() => clearTimeout(timer));
   } catch (error) {
     await close();
     throw error;

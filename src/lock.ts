@@ -479,7 +479,9 @@ export class Lock implements AsyncDisposable {
     try {
       for (;;) {
         if (watch.shutDown) throw shutDown(this.name);
-        await watch.ready();
+        await watch.ready(
+          Math.max(0, Math.min(tick, deadline - performance.now())),
+        );
         const released = watch.next();
         this.#busyFor = -1;
         if (await this.#tryOnce(signal)) return true;
