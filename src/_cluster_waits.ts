@@ -1,8 +1,12 @@
 /**
- * Waiting on a Redis Cluster. Its waiters do not queue: a release (and a
- * reset) that frees a lock publishes on the lock's signal channel
- * (`SPUBLISH lock-signal:{name}`, in the lock's own slot, so the node that
- * frees it announces it), and the waiters race for it, as redis-lock-py's do.
+ * Waiting on a Redis Cluster. Waits queue in the lock's own slot (first
+ * come, first served): each wait is a process of its own in the queue,
+ * alive while its field in the lock's liveness hash (`lock-alive:{name}`)
+ * holds a time to come, which each of its tries pushes on. A release (and a
+ * reset) hands the lock to the first alive and announces it on the lock's
+ * sharded channel (`SPUBLISH lock-signal:{name} <wait>`, from the node that
+ * owns the slot); a lock freed with nobody alive queued is announced with
+ * an empty message, at which every wait of the name tries.
  *
  * Invariants:
  * - One sharded subscriber per client and process (one connection per
@@ -15,6 +19,12 @@
  *   at the holder's expiry and every `CLUSTER_TICK` ms.
  * - Each watch has one owner, the wait that made it, which ends it on
  *   every path; `shutdown()` wakes every watch, marked shut down.
+ * - A wait that does not acquire takes its entry and its field out of
+ *   Redis, and passes on a lock handed to it (C_CANCEL), on every path. A
+ *   wait that died is skipped once its field's time has passed
+ *   (`ALIVE_TTL` after its last try; it tries at least every 3 s); a lock
+ *   handed to it before that is its for `HAND_OVER_EXPIRE` at most, and
+ *   the others try again at that expiry.
  *
  * @module
  */
@@ -31,6 +41,12 @@ const LINGER = 1_000;
  */
 export const CLUSTER_TICK = 1_000;
 
+/**
+ * The longest `pollInterval` a wait on a Cluster takes (plus up to half of
+ * it): a queued wait tries, and so stays alive, well within `ALIVE_TTL`.
+ */
+export const CLUSTER_POLL_MAX = 2_000;
+
 /** What a channel's watches share. */
 interface Channel {
   readonly watches: Set<Watch>;
@@ -42,17 +58,20 @@ interface Channel {
 export class Watch {
   readonly #owner: ClusterWaits;
   readonly channel: string;
-  #wake: Deferred<void> | undefined;
+  readonly #me: string;
+  #wake: Deferred<string | undefined> | undefined;
   /** Set when `shutdown()` ended the watch. */
   shutDown = false;
 
   /**
    * @param owner The client's cluster waits.
    * @param channel The lock's signal channel ("" with no subscription).
+   * @param me The wait's process in the queue: a hand-over's message.
    */
-  constructor(owner: ClusterWaits, channel: string) {
+  constructor(owner: ClusterWaits, channel: string, me: string) {
     this.#owner = owner;
     this.channel = channel;
+    this.#me = me;
   }
 
   /**
@@ -68,20 +87,26 @@ export class Watch {
     ]).finally(() => clearTimeout(timer));
   }
 
-  /** A promise that the next message (or a shutdown) resolves. */
-  next(): Promise<void> {
+  /**
+   * A promise that the next message for this wait resolves with it: its
+   * own process (handed the lock) or "" (the lock is free); a shutdown or
+   * the end resolves it with `undefined`.
+   */
+  next(): Promise<string | undefined> {
     this.#wake = deferred();
     return this.#wake.promise;
   }
 
   /** Called by the owner at each message on the channel. */
-  wake(): void {
-    this.#wake?.resolve();
+  wake(message: string | undefined): void {
+    if (message === undefined || message === "" || message === this.#me) {
+      this.#wake?.resolve(message);
+    }
   }
 
   /** Ends the watch. */
   end(): void {
-    this.#wake?.resolve();
+    this.#wake?.resolve(undefined);
     this.#owner.release(this);
   }
 }
@@ -102,11 +127,12 @@ export class ClusterWaits {
   }
 
   /**
-   * A watch of the releases of the lock whose signal channel is `channel`,
-   * or of nothing ("" — a wait that polls), until its `end()`.
+   * A watch, for the wait whose process is `me`, of the releases of the
+   * lock whose signal channel is `channel`, or of nothing ("" — a wait that
+   * polls), until its `end()`.
    */
-  watch(channel: string): Watch {
-    const watch = new Watch(this, channel);
+  watch(channel: string, me: string): Watch {
+    const watch = new Watch(this, channel, me);
     if (this.#closed) {
       watch.shutDown = true;
       return watch;
@@ -152,9 +178,9 @@ export class ClusterWaits {
   /** The subscriber, opened on first use; `undefined` when it failed. */
   #open(): Promise<ShardSubscriber | undefined> {
     if (this.#subscriber !== undefined) return this.#subscriber;
-    const opening = this.#connection.shardSubscriber((channel) => {
+    const opening = this.#connection.shardSubscriber((channel, message) => {
       for (const watch of this.#channels.get(channel)?.watches ?? []) {
-        watch.wake();
+        watch.wake(message);
       }
     }).then((subscriber) => {
       // Closed, or given up on, while it opened.
@@ -223,7 +249,7 @@ export class ClusterWaits {
     ];
     for (const watch of watches) {
       watch.shutDown = true;
-      watch.wake();
+      watch.wake(undefined);
     }
     await this.#close();
   }

@@ -268,9 +268,12 @@ export interface ShardSubscriber {
   close(): Promise<void>;
 }
 
-/** Opens a sharded subscriber calling `onMessage` with each channel. */
+/**
+ * Opens a sharded subscriber calling `onMessage` with each message and its
+ * channel.
+ */
 type ShardSubscribe = (
-  onMessage: (channel: string) => void,
+  onMessage: (channel: string, message: string) => void,
 ) => Promise<ShardSubscriber>;
 
 /** Subscribes to a channel for the `"pubsub"` wake transport. */
@@ -316,11 +319,11 @@ export interface Connection {
   readonly canShardSubscribe: boolean;
   /**
    * Opens a subscriber to sharded channels of the Cluster, on connections
-   * of the library's own, calling `onMessage` with the channel of each
-   * message.
+   * of the library's own, calling `onMessage` with each message and its
+   * channel.
    */
   shardSubscriber(
-    onMessage: (channel: string) => void,
+    onMessage: (channel: string, message: string) => void,
   ): Promise<ShardSubscriber>;
 }
 
@@ -400,7 +403,7 @@ class Adapter implements Connection {
   }
 
   shardSubscriber(
-    onMessage: (channel: string) => void,
+    onMessage: (channel: string, message: string) => void,
   ): Promise<ShardSubscriber> {
     if (this.#shardSubscribe === undefined) {
       return Promise.reject(
@@ -661,13 +664,16 @@ interface IoRedisShardedCluster {
  */
 async function ioShardSubscriber(
   io: IoRedisClusterClient,
-  onMessage: (channel: string) => void,
+  onMessage: (channel: string, message: string) => void,
 ): Promise<ShardSubscriber> {
   const copy = io.duplicate!([], {
     shardedSubscribers: true,
   }) as unknown as IoRedisShardedCluster;
   copy.on("error", ignore);
-  copy.on("smessage", (channel) => onMessage(String(channel)));
+  copy.on(
+    "smessage",
+    (channel, message) => onMessage(String(channel), String(message)),
+  );
   const ended = new Promise<void>((resolve) =>
     copy.once("end", () => resolve())
   );
@@ -719,7 +725,7 @@ interface NodeRedisShardedCluster {
  */
 async function nodeRedisShardSubscriber(
   cluster: NodeRedisClusterClient,
-  onMessage: (channel: string) => void,
+  onMessage: (channel: string, message: string) => void,
 ): Promise<ShardSubscriber> {
   const copy = cluster.duplicate!() as unknown as NodeRedisShardedCluster;
   copy.on("error", ignore);
@@ -730,8 +736,8 @@ async function nodeRedisShardSubscriber(
     end();
     return Promise.resolve();
   };
-  const listener = (_message: unknown, channel: unknown) =>
-    onMessage(String(channel));
+  const listener = (message: unknown, channel: unknown) =>
+    onMessage(String(channel), String(message));
   try {
     await copy.connect();
   } catch (error) {

@@ -50,7 +50,9 @@ export const PUBSUB_MARK = "~";
 /**
  * Prefix of liveness keys: one per waiting process, refreshed while it has
  * a waiter queued. A hand-over skips the queue entries of a process whose
- * key has expired: it died, or lost Redis for longer than `ALIVE_TTL`.
+ * key has expired: it died, or lost Redis for longer than `ALIVE_TTL`. On a
+ * Cluster, one hash per lock (`lock-alive:{name}`, in the lock's slot)
+ * holds a field per queued wait instead.
  */
 export const ALIVE_PREFIX = "lock-alive:";
 
@@ -103,17 +105,22 @@ export interface LockKeys {
   readonly fence: string;
   /** The turn state of racers. */
   readonly turn: string;
-  /** `[lock, signal, queue, fence, turn]`, as the scripts that let go take them. */
+  /**
+   * `[lock, signal, queue, fence, turn]`, as the scripts that let go take
+   * them, and the liveness hash on a Cluster.
+   */
   readonly all: readonly string[];
   /** `[lock]`, for the scripts that only set an expiry. */
   readonly onlyLock: readonly string[];
   /** `[lock, fence]`, as CLAIM takes them. */
   readonly forClaim: readonly string[];
+  /** Whether the keys are a Cluster's, which the scripts' variants take. */
+  readonly cluster: boolean;
   /**
-   * `"s"` on a Cluster, where a freed lock is announced on the sharded
-   * channel named as the signal list; `""` otherwise.
+   * On a Cluster, the hash of the queued waits alive (`lock-alive:{name}`):
+   * one field per wait, the server time (ms) until which it is alive.
    */
-  readonly announce: "s" | "";
+  readonly alive: string;
 }
 
 /**
@@ -130,16 +137,20 @@ export function lockKeys(name: string, cluster = false): LockKeys {
   const queue = QUEUE_PREFIX + part;
   const turn = TURN_PREFIX + part;
   const fence = cluster ? `${FENCE_KEY}:{${slotTag(slotOf(lock))}}` : FENCE_KEY;
+  const alive = cluster ? ALIVE_PREFIX + part : "";
   return {
     lock,
     signal,
     queue,
     fence,
     turn,
-    all: [lock, signal, queue, fence, turn],
+    all: cluster
+      ? [lock, signal, queue, fence, turn, alive]
+      : [lock, signal, queue, fence, turn],
     onlyLock: [lock],
     forClaim: [lock, fence],
-    announce: cluster ? "s" : "",
+    cluster,
+    alive,
   };
 }
 

@@ -29,6 +29,10 @@ import {
 import type { LockOptions, Transport } from "./options.ts";
 import {
   ACQUIRE,
+  C_ACQUIRE,
+  C_CANCEL,
+  C_RELEASE,
+  C_RESET,
   CLAIM,
   EXTEND,
   KEEP,
@@ -47,20 +51,36 @@ import {
 import {
   type Acquisition,
   drivesName,
+  randomProcessId,
   shutDown,
   type Waiter,
   waiterOf,
 } from "./waiter.ts";
 import { type ServerView, viewOf } from "./_server_view.ts";
 import { classify } from "./_failure.ts";
-import { CLUSTER_TICK, clusterWaitsOf } from "./_cluster_waits.ts";
+import {
+  CLUSTER_POLL_MAX,
+  CLUSTER_TICK,
+  clusterWaitsOf,
+} from "./_cluster_waits.ts";
 
-const acquireScript = new Script(ACQUIRE, (keys) => keys.all);
-const releaseScript = new Script(RELEASE, (keys) => keys.all);
+/**
+ * A script that takes every key of a lock, in its variant for one server
+ * and for a Cluster; the keys choose.
+ */
+function variants(one: string, cluster: string): (keys: LockKeys) => Script {
+  const onOne = new Script(one, (keys) => keys.all);
+  const onCluster = new Script(cluster, (keys) => keys.all);
+  return (keys) => keys.cluster ? onCluster : onOne;
+}
+
+const acquireScript = variants(ACQUIRE, C_ACQUIRE);
+const releaseScript = variants(RELEASE, C_RELEASE);
+const cancelOnClusterScript = new Script(C_CANCEL, (keys) => keys.all);
 const extendScript = new Script(EXTEND, (keys) => keys.onlyLock);
 const keepScript = new Script(KEEP, (keys) => keys.onlyLock);
 const renewScript = new Script(RENEW, (keys) => keys.onlyLock);
-const resetScript = new Script(RESET, (keys) => keys.all);
+const resetScript = variants(RESET, C_RESET);
 const claimScript = new Script(CLAIM, (keys) => keys.forClaim);
 
 /** 18 random bytes in base64, as python-redis-lock makes its ids. */
@@ -118,11 +138,11 @@ export async function resetLock(
 ): Promise<boolean> {
   for (let attempt = 0;; attempt++) {
     const holder = await connection.send("GET", [keys.lock]);
-    const [status] = await resetScript.handOver(
+    const [status] = await resetScript(keys).handOver(
       connection,
       keys,
       signalExpire,
-      [holder === null ? "" : String(holder), keys.announce],
+      [holder === null ? "" : String(holder)],
     ) as [number];
     // The lock changed hands by itself: the holder meant to go has gone.
     if (status !== 2 || attempt === 2) return status === 1;
@@ -411,7 +431,10 @@ export class Lock implements AsyncDisposable {
    * acquired, `false` busy (or within the grace after Redis lost the lock
    * data), `undefined` when the reply came too late to count.
    */
-  async #tryOnce(signal?: AbortSignal): Promise<boolean | undefined> {
+  async #tryOnce(
+    signal?: AbortSignal,
+    entry = "",
+  ): Promise<boolean | undefined> {
     const view = viewOf(this.#connection, this.#keys.fence);
     if (
       performance.now() < view.graceUntil(this.#expire) ||
@@ -420,13 +443,15 @@ export class Lock implements AsyncDisposable {
       return false;
     }
     const sentAt = performance.now();
-    const reply = await this.#try(view);
+    const reply = await this.#try(view, entry);
     let token: number;
     if (typeof reply === "number") {
       token = reply;
     } else {
       const [status, value, epoch] = reply as [number, number, string];
       if (status === 2) {
+        // A wait on a Cluster that queued `entry` was handed the lock.
+        if (entry !== "") return this.#claimResent(signal);
         if (!this.#ownId) throw this.#alreadyHeld();
         // A wait of this instance that gave up may still be passing on a
         // lock handed to it: that lock is not this acquire's to take.
@@ -457,13 +482,14 @@ export class Lock implements AsyncDisposable {
   }
 
   /**
-   * Waits on a Redis Cluster, where waiters race rather than queue (see
-   * `_cluster_waits.ts`): subscribed to the lock's sharded channel before
-   * the attempt that may make it wait (unless `transport: "poll"`), tries
-   * again at each release announced there, at the holder's expiry, and
-   * every tick (`CLUSTER_TICK` ms, or `pollInterval` when polling; plus up
-   * to half of it, at random), until `timeout`. Nothing is left in Redis
-   * between tries.
+   * Waits on a Redis Cluster (see `_cluster_waits.ts`): queued in the
+   * lock's slot as a process of its own, subscribed to the lock's sharded
+   * channel before the attempt that may queue it (unless `transport:
+   * "poll"`); claims the lock when a hand-over to it is announced, and
+   * tries again (which also keeps it alive in the queue) when the lock is
+   * announced free, at the holder's expiry, and every tick (`CLUSTER_TICK`
+   * ms, or `pollInterval` up to 2 s when polling; plus up to half of it, at
+   * random), until `timeout`. Leaves nothing in Redis unless it acquires.
    */
   async #waitOnCluster(
     timeout: number,
@@ -472,31 +498,74 @@ export class Lock implements AsyncDisposable {
     const deadline = performance.now() + timeout;
     const announced = this.#transport !== "poll" &&
       this.#connection.canShardSubscribe;
-    const tick = announced ? CLUSTER_TICK : this.#pollInterval;
+    const tick = announced
+      ? CLUSTER_TICK
+      : Math.min(this.#pollInterval, CLUSTER_POLL_MAX);
+    const process = randomProcessId();
+    const entry = `${process}|c`;
     const watch = clusterWaitsOf(this.#connection).watch(
       announced ? this.#keys.signal : "",
+      process,
     );
+    let queued = false;
+    let acquired = false;
     try {
+      let handed = false;
       for (;;) {
         if (watch.shutDown) throw shutDown(this.name);
         await watch.ready(
           Math.max(0, Math.min(tick, deadline - performance.now())),
         );
-        const released = watch.next();
+        let message: string | undefined;
+        const woken = watch.next().then((value) => {
+          message = value;
+        });
         this.#busyFor = -1;
-        if (await this.#tryOnce(signal)) return true;
+        queued = true;
+        acquired = (handed
+          ? await this.#claimResent(signal)
+          : await this.#tryOnce(signal, entry)) === true;
+        if (acquired) {
+          return true;
+        }
         const left = deadline - performance.now();
-        if (left <= 0) return false;
+        if (left <= 0) {
+          return false;
+        }
         const expiry = this.#busyFor >= 0 ? this.#busyFor + 1 : Infinity;
         await pause(
           Math.min(tick * (1 + Math.random() / 2), expiry, left),
           signal,
-          released,
+          woken,
         );
+        handed = message === process;
         signal?.throwIfAborted();
       }
     } finally {
       watch.end();
+      if (queued && !acquired) await this.#cancelOnCluster(entry);
+    }
+  }
+
+  /**
+   * Takes a wait on a Cluster (`<process>|c`) out of the queue, passing on
+   * a lock handed to it; tries again (a few times) when the reply is lost. Whatever stays
+   * behind goes with the wait's field in `ALIVE_TTL`.
+   */
+  async #cancelOnCluster(wait: string): Promise<void> {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        await cancelOnClusterScript.handOver(
+          this.#connection,
+          this.#keys,
+          this.#signalExpire,
+          [this.id, `${wait}|${this.#expire ?? ""}|${this.id}`],
+        );
+        return;
+      } catch (error) {
+        if (classify(error) === "permanent") return;
+        await new Promise((resolve) => setTimeout(resolve, 100 * 3 ** attempt));
+      }
     }
   }
 
@@ -528,15 +597,17 @@ export class Lock implements AsyncDisposable {
   }
 
   /** One attempt, never queued: see ACQUIRE for the replies. */
-  async #try(view: ServerView): Promise<number | (number | string)[]> {
+  async #try(
+    view: ServerView,
+    entry: string,
+  ): Promise<number | (number | string)[]> {
     const expire = this.#expire === undefined ? "" : String(this.#expire);
     try {
-      return await acquireScript.call(this.#connection, this.#keys, [
-        this.id,
-        expire,
-        "",
-        view.known,
-      ]) as number | (number | string)[];
+      return await acquireScript(this.#keys).call(
+        this.#connection,
+        this.#keys,
+        [this.id, expire, entry, view.known],
+      ) as number | (number | string)[];
     } catch (error) {
       // The reply may be lost after the script ran: leave nothing behind.
       await this.#releaseQuietly();
@@ -584,11 +655,11 @@ export class Lock implements AsyncDisposable {
   async #releaseQuietly(): Promise<void> {
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
-        await releaseScript.handOver(
+        await releaseScript(this.#keys).handOver(
           this.#connection,
           this.#keys,
           this.#signalExpire,
-          [this.id, this.#keys.announce],
+          [this.id],
         );
         return;
       } catch (error) {
@@ -622,11 +693,11 @@ export class Lock implements AsyncDisposable {
       "release",
       this.name,
       () =>
-        releaseScript.handOver(
+        releaseScript(this.#keys).handOver(
           this.#connection,
           this.#keys,
           this.#signalExpire,
-          [this.id, this.#keys.announce],
+          [this.id],
         ),
     );
     if (reply === 1) {

@@ -84,27 +84,46 @@ ${draw(4)}
 /**
  * Statements that hand the lock to the first queued entry of a live
  * process, dropping the entries of dead ones: they leave `entry` false when
- * there is none.
+ * there is none. On a Cluster (KEYS[6]: the lock's liveness hash), a
+ * process is a wait, alive while its field holds a time to come, and hears
+ * of the hand-over on the lock's sharded channel (its process as message).
  */
-const HAND_OVER = `
-local entry, process, ticket, px, id
-while true do
-  entry = redis.call('lpop', KEYS[3])
-  if not entry then break end
-  process, ticket, px, id = string.match(entry, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
-  if process and redis.call('exists', '${ALIVE_PREFIX}' .. process) == 1 then break end
-end
-if entry then
-  ${SET_FOR_ENTRY}
+function handOver(cluster: boolean): string {
+  const alive = cluster
+    ? `
+  local aliveUntil = process and redis.call('hget', KEYS[6], process)
+  if process then redis.call('hdel', KEYS[6], process) end
+  if aliveUntil and tonumber(aliveUntil) > aliveNow then break end`
+    : `
+  if process and redis.call('exists', '${ALIVE_PREFIX}' .. process) == 1 then break end`;
+  const wake = cluster
+    ? `
+  redis.pcall('spublish', KEYS[2], process)`
+    : `
   local wake = '${WAKE_PREFIX}' .. process
   redis.call('lpush', wake, ticket .. ':' .. token)
   redis.call('pexpire', wake, ${HAND_OVER_EXPIRE})
   -- A process of the "pubsub" transport hears of it on the channel.
   if string.sub(process, 1, 1) == '${PUBSUB_MARK}' then
     redis.call('publish', wake, '1')
-  end
+  end`;
+  return `
+local entry, process, ticket, px, id
+${cluster ? NOW_MS.replaceAll("nowMs", "aliveNow") : ""}
+while true do
+  entry = redis.call('lpop', KEYS[3])
+  if not entry then break end
+  process, ticket, px, id = string.match(entry, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')${alive}
+end
+if entry then
+  ${SET_FOR_ENTRY}${wake}
 end
 `;
+}
+
+/** A statement that leaves the server's clock in ms in the local `nowMs`. */
+const NOW_MS = `local nowMs = redis.call('time')
+nowMs = tonumber(nowMs[1]) * 1000 + math.floor(tonumber(nowMs[2]) / 1000)`;
 
 /** Statements that set the lock's expiry to ARGV[2] ms ("": none). */
 const SET_EXPIRY = `
@@ -163,12 +182,29 @@ end
  * racers' turn is due: then the lock is deleted and a wake-up (`2`) left in
  * the signal list for `TURN` ms, during which this library's queued waiters
  * leave it to racers. With nobody alive queued, the lock is deleted with a
- * wake-up in the signal list (python-redis-lock's UNLOCK), and, when
- * `announce` (a Lua expression) holds, announced on a Cluster's sharded
- * channel named as the signal list (its waiters do not queue). They leave
+ * wake-up in the signal list (python-redis-lock's UNLOCK). They leave
  * `opened` true when a turn opened.
+ *
+ * On a Cluster (KEYS[6]: the lock's liveness hash) there are no racers'
+ * turns, and a lock freed with nobody alive queued is announced on the
+ * sharded channel named as the signal list, with an empty message.
  */
-function letGo(announce: string): string {
+function letGo(cluster = false): string {
+  if (cluster) {
+    return `
+local opened = false
+local handed = false
+if redis.call('llen', KEYS[3]) > 0 then
+  ${handOver(true)}
+  handed = entry and true or false
+end
+if not handed then
+  ${SIGNAL}
+  redis.call('del', KEYS[1])
+  redis.pcall('spublish', KEYS[2], '')
+end
+`;
+  }
   return `
 local opened = false
 local waiting = redis.call('llen', KEYS[3]) > 0
@@ -200,18 +236,26 @@ if waiting then
 end
 local handed = false
 if waiting and not opened then
-  ${HAND_OVER}
+  ${handOver(false)}
   handed = entry and true or false
 end
 if not handed and not opened then
   ${SIGNAL}
   redis.call('del', KEYS[1])
-  if ${announce} then
-    redis.pcall('spublish', KEYS[2], '1')
-  end
 end
 `;
 }
+
+/**
+ * Marks the caller's process alive (ACQUIRE's ARGV[3] is `<process>|…`).
+ */
+const MARK_PROCESS_ALIVE =
+  `redis.call('set', '${ALIVE_PREFIX}' .. string.match(ARGV[3], '^[^|]*'), 1, 'PX', ${ALIVE_TTL})`;
+
+/** Marks the caller's wait alive in the lock's liveness hash (a Cluster). */
+const MARK_WAIT_ALIVE = `${NOW_MS}
+  redis.call('hset', KEYS[6], string.match(ARGV[3], '^[^|]*'), nowMs + ${ALIVE_TTL})
+  redis.call('pexpire', KEYS[6], ${QUEUE_TTL})`;
 
 /**
  * KEYS: lock, signal, queue, fence, turn. ARGV: id, expire ms ("" for
@@ -233,7 +277,8 @@ end
  * - `{3, epoch, age ms}` when the counter's epoch is not the one the caller
  *   knows: the lock data was lost since; nothing is changed.
  */
-export const ACQUIRE = `
+function acquireSource(cluster: boolean): string {
+  return `
 ${EFFECTS}
 local owner
 local turnLeft = 0
@@ -264,7 +309,7 @@ else
 end
 if not owner and ARGV[3] ~= '' and redis.call('llen', KEYS[3]) > 0 then
   -- Free, but others queued first: the first of them alive takes it.
-  ${HAND_OVER}
+  ${handOver(cluster)}
   if entry then owner = id end
 end
 if not owner then
@@ -303,7 +348,7 @@ if ARGV[3] ~= '' then
     redis.call('rpush', KEYS[3], entry)
   end
   redis.call('pexpire', KEYS[3], ${QUEUE_TTL})
-  redis.call('set', '${ALIVE_PREFIX}' .. string.match(ARGV[3], '^[^|]*'), 1, 'PX', ${ALIVE_TTL})
+  ${cluster ? MARK_WAIT_ALIVE : MARK_PROCESS_ALIVE}
 end
 local pttl = turnLeft
 if turnLeft <= 0 then pttl = redis.call('pttl', KEYS[1]) end
@@ -313,24 +358,42 @@ if ARGV[4] == '' then
 end
 return {0, pttl}
 `;
+}
+
+/** ACQUIRE on one server. */
+export const ACQUIRE: string = acquireSource(false);
 
 /**
- * KEYS: lock, signal, queue, fence, turn. ARGV: signal expiry, id, "s" to
- * announce a freed lock on the Cluster's sharded channel ("" not to).
+ * ACQUIRE on a Cluster, with KEYS[6], the lock's liveness hash: a queued
+ * wait is alive while its field (its process) holds a time to come.
+ */
+export const C_ACQUIRE: string = acquireSource(true);
+
+/**
+ * KEYS: lock, signal, queue, fence, turn (and the liveness hash on a
+ * Cluster). ARGV: signal expiry, id.
  * If this id holds the lock, lets it go: to the first queued waiter alive,
  * to racers for their turn, or else deletes it and leaves one wake-up in
  * the signal list (python-redis-lock's UNLOCK). Returns 0 when released, 2
  * when released for a racers' turn, 1 when this id does not hold the lock.
  */
-export const RELEASE = `
+function releaseSource(cluster: boolean): string {
+  return `
 ${EFFECTS}
 if redis.call('get', KEYS[1]) ~= ARGV[2] then
   return 1
 end
-${letGo("ARGV[3] == 's'")}
+${letGo(cluster)}
 if opened then return 2 end
 return 0
 `;
+}
+
+/** RELEASE on one server. */
+export const RELEASE: string = releaseSource(false);
+
+/** RELEASE on a Cluster. */
+export const C_RELEASE: string = releaseSource(true);
 
 /**
  * KEYS: lock. ARGV: id, expire ms.
@@ -398,24 +461,32 @@ return {0, token}
 `;
 
 /**
- * KEYS: lock, signal, queue, fence, turn. ARGV: signal expiry, the holder's
- * id the caller read ("" for none), "s" to announce a freed lock on the
- * Cluster's sharded channel ("" not to).
+ * KEYS: lock, signal, queue, fence, turn (and the liveness hash on a
+ * Cluster). ARGV: signal expiry, the holder's id the caller read ("" for
+ * none).
  * If that is still the holder (or the lock is still free), deletes the lock
  * and lets it go as a release does (python-redis-lock's RESET). Returns
  * `{1}` when a lock was deleted, `{0}` when there was none, `{2}` when the
  * holder is no longer the one read.
  */
-export const RESET = `
+function resetSource(cluster: boolean): string {
+  return `
 ${EFFECTS}
 local holder = redis.call('get', KEYS[1])
 if (holder or '') ~= ARGV[2] then
   return {2}
 end
-${letGo("ARGV[3] == 's'")}
+${letGo(cluster)}
 if holder then return {1} end
 return {0}
 `;
+}
+
+/** RESET on one server. */
+export const RESET: string = resetSource(false);
+
+/** RESET on a Cluster. */
+export const C_RESET: string = resetSource(true);
 
 /**
  * KEYS: lock, signal, queue, fence, turn. ARGV: signal expiry, process of
@@ -444,7 +515,7 @@ elseif turn == 'open' then
     redis.call('pexpire', KEYS[2], ${TURN + TURN_QUIET})
   end
 else
-  ${HAND_OVER}
+  ${handOver(false)}
   if entry then
     state = 1
   else
@@ -501,8 +572,26 @@ if ARGV[3] ~= '' then
   ${SET_FOR_ENTRY}
   return {3, token}
 end
-${letGo("false")}
+${letGo()}
 return {1}
+`;
+
+/**
+ * KEYS: lock, signal, queue, fence, turn, liveness hash (a Cluster). ARGV:
+ * signal expiry, id, the entry the wait may have queued.
+ * A wait on a Cluster that gives up: takes its entry out of the queue and
+ * its field out of the liveness hash, and, if the lock was handed to it,
+ * passes the lock on. Returns 1 when it passed the lock on, else 0.
+ */
+export const C_CANCEL = `
+${EFFECTS}
+redis.call('lrem', KEYS[3], 0, ARGV[3])
+redis.call('hdel', KEYS[6], string.match(ARGV[3], '^[^|]*'))
+if redis.call('get', KEYS[1]) ~= ARGV[2] then
+  return 0
+end
+${letGo(true)}
+return 1
 `;
 
 /**

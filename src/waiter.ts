@@ -66,7 +66,8 @@ type Timer = ReturnType<typeof setTimeout>;
 
 const now = () => performance.now();
 
-function randomProcessId(): string {
+/** A random process id (base64url, 16 characters). */
+export function randomProcessId(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(12));
   return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-")
     .replaceAll("/", "_");

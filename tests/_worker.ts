@@ -20,6 +20,10 @@
  *     `counter:{<name>}` with a non-atomic GET then SET; prints the
  *     holdings as JSON, `[start, end, name]` each.
  *
+ *   deno run tests/_worker.ts cluster-queue <port> <name>
+ *     waits for the lock on the Redis Cluster a node of which listens on
+ *     <port>, until killed.
+ *
  *   deno run tests/_worker.ts hold <port> <name> <start-at-epoch-ms>
  *     waits until the given time, acquires (blocking, no expiry), counts the
  *     acquisition in `acquired:<name>`, and holds the lock until killed.
@@ -96,6 +100,10 @@ if (mode === "count") {
   await shutdown(cluster);
   cluster.disconnect();
   redis.disconnect();
+} else if (mode === "cluster-queue") {
+  const cluster = new Cluster([{ host: "127.0.0.1", port: Number(port) }]);
+  await acquire(cluster, name);
+  await new Promise(() => {}); // killed while waiting, or holding
 } else if (mode === "queue") {
   await acquire(redis, name);
   await new Promise(() => {}); // killed while waiting, or holding

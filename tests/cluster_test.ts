@@ -346,6 +346,7 @@ Deno.test("Cluster: names over every master, the keys of each in one slot", asyn
             new Lock(other, "ended").acquire(),
             new Lock(other, "ended", { transport: "poll" }).acquire(),
           ];
+          waits.forEach((wait) => wait.catch(() => {}));
           await delay(200);
           await shutdown(other);
           for (const wait of waits) {
@@ -413,6 +414,164 @@ Deno.test("Cluster: names over every master, the keys of each in one slot", asyn
           [...byName.values()].reduce((sum, held) => sum + held.length, 0),
           4 * iterations,
         );
+      },
+    );
+
+    await t.step(
+      "waiters served first come, first served; a releaser that asks again goes last",
+      async () => {
+        const [a, b] = [await ioCluster(cluster), await ioCluster(cluster)];
+        try {
+          const order: string[] = [];
+          const take = async (c: Cluster, who: string) => {
+            const lock = new Lock(c, "fifo", { expire: 20_000 });
+            assert.equal(await lock.acquire({ timeout: 10_000 }), true);
+            order.push(who);
+            await delay(50);
+            await lock.release();
+          };
+          const holder = await acquire(client, "fifo", { expire: 20_000 });
+          const first = take(a, "a");
+          await delay(200);
+          const second = take(b, "b");
+          await delay(200);
+          await holder.release();
+          const again = take(client, "again");
+          await Promise.all([first, second, again]);
+          assert.deepEqual(order, ["a", "b", "again"]);
+          // Nothing of the waits stays.
+          assert.deepEqual(
+            (await keysOnMasters(cluster)).filter((key) =>
+              key.includes("{fifo}") && !key.startsWith("lock-signal")
+            ),
+            [],
+          );
+        } finally {
+          await closeCluster(a);
+          await closeCluster(b);
+        }
+      },
+    );
+
+    await t.step(
+      "a wait whose process died is skipped once its time has passed",
+      async () => {
+        const other = await ioCluster(cluster);
+        const child = denoScript(
+          worker,
+          ["cluster-queue", String(cluster.addresses[0].port), "dead"],
+          { stdout: "null", stderr: "inherit" },
+        ).spawn();
+        try {
+          const holder = await acquire(client, "dead", { expire: 30_000 });
+          // The child queues, then dies without a word.
+          const deadline = Date.now() + 15_000;
+          while ((await client.llen("lock-queue:{dead}")) === 0) {
+            assert.ok(Date.now() < deadline, "the child queued");
+            await delay(50);
+          }
+          child.kill("SIGKILL");
+          await child.status;
+          const waiting = new Lock(other, "dead").acquire({ timeout: 20_000 })
+            .then((acquired) => ({ acquired, at: performance.now() }));
+          waiting.catch(() => {});
+          await delay(5_500); // past the dead wait's time (ALIVE_TTL)
+          const released = performance.now();
+          await holder.release();
+          const { acquired, at } = await waiting;
+          assert.equal(acquired, true);
+          assert.ok(at - released < 300, `acquired ${at - released} ms after`);
+          await new Lock(other, "dead").reset();
+          assert.deepEqual(
+            (await keysOnMasters(cluster)).filter((key) =>
+              key.includes("{dead}") && !key.startsWith("lock-signal")
+            ),
+            [],
+          );
+        } finally {
+          try {
+            child.kill("SIGKILL");
+            await child.status;
+          } catch {
+            // already dead
+          }
+          await closeCluster(other);
+        }
+      },
+    );
+
+    await t.step(
+      "waits that give up at random leave nothing and never strand the lock",
+      async () => {
+        const clients = [await ioCluster(cluster), await ioCluster(cluster)];
+        try {
+          const until = performance.now() + 1_500;
+          const holding = (async () => {
+            while (performance.now() < until) {
+              const lock = new Lock(client, "giving-up", { expire: 5_000 });
+              if (await lock.acquire({ timeout: 2_000 })) {
+                await delay(20 + Math.random() * 30);
+                await lock.release();
+              }
+            }
+          })();
+          const waits: Promise<unknown>[] = [];
+          for (let i = 0; i < 40; i++) {
+            const c = clients[i % 2];
+            const lock = new Lock(c, "giving-up", { expire: 5_000 });
+            const abort = new AbortController();
+            const wait = lock.acquire(
+              i % 3 === 0
+                ? { signal: abort.signal }
+                : { timeout: 20 + Math.random() * 200 },
+            ).then(async (acquired) => {
+              if (acquired) {
+                await delay(5);
+                await lock.release();
+              }
+            }, () => {});
+            if (i % 3 === 0) {
+              setTimeout(() => abort.abort(), Math.random() * 200);
+            }
+            waits.push(wait);
+            await delay(Math.random() * 40);
+          }
+          await Promise.all([holding, ...waits]);
+          // Waits that time out under a holder leave nothing behind.
+          const held = await acquire(client, "giving-up", { expire: 20_000 });
+          const timedOut = await Promise.all(
+            Array.from(
+              { length: 6 },
+              (_, i) =>
+                new Lock(clients[i % 2], "giving-up").acquire({
+                  timeout: 100 + i * 40,
+                }),
+            ),
+          );
+          assert.deepEqual(timedOut, Array(6).fill(false));
+          assert.deepEqual(
+            (await keysOnMasters(cluster)).filter((key) =>
+              key.includes("{giving-up}") && !key.startsWith("lock-signal") &&
+              !key.startsWith("lock:")
+            ),
+            [],
+          );
+          await held.release();
+          // Free, and nothing of the waits left.
+          assert.equal(
+            await new Lock(client, "giving-up").acquire({ blocking: false }),
+            true,
+          );
+          await new Lock(client, "giving-up").reset();
+          assert.deepEqual(
+            (await keysOnMasters(cluster)).filter((key) =>
+              key.includes("{giving-up}") && !key.startsWith("lock-signal")
+            ),
+            [],
+          );
+        } finally {
+          for (const c of clients) await closeCluster(c);
+        }
       },
     );
 
