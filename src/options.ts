@@ -19,10 +19,10 @@
  * - `"pubsub"`: the polls of `"poll"`, made at once when a hand-over to the
  *   process is published on its channel, and every second otherwise. For
  *   clients or proxies that refuse blocking commands but subscribe. On a
- *   Redis Cluster (the default there), waiters race rather than queue and
- *   hear of a freed lock on its sharded channel (`SSUBSCRIBE`, one
- *   connection per master); `"poll"` retries every `pollInterval` ms there,
- *   and `"blpop"` is refused.
+ *   Redis Cluster (the default there), a wait hears of a hand-over to it on
+ *   the lock's sharded channel (`SSUBSCRIBE`, one connection per master);
+ *   `"poll"` tries every `pollInterval` ms there (at most 2 s), and
+ *   `"blpop"` is refused.
  *
  * @example Waiting through an HTTP Redis client
  * ```ts ignore
