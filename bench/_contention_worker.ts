@@ -4,7 +4,11 @@
  * loops acquire → hold → release on one lock name with the implementation
  * it is given, and prints its count and acquire waits as JSON.
  *
- *   deno run -A bench/_contention_worker.ts <implementation> <port>[,<port>…] <hold ms> <seconds>
+ *   deno run -A bench/_contention_worker.ts <implementation> <port>[,<port>…] <hold ms> <seconds> [<tasks>]
+ *
+ * With <tasks> (default 1), that many tasks of the process loop at once,
+ * each with its own lock instance (a busy server), and the counts printed
+ * are per task.
  *
  * Implementations over three masters (their names end in "× 3 masters")
  * get a client per port; the others use the first.
@@ -112,12 +116,16 @@ function retrying(acquire: Acquire): Acquire {
 }
 
 if (import.meta.main) {
-  const [implementation, ports, hold, seconds] = Deno.args;
+  const [implementation, ports, hold, seconds, tasksArg = "1"] = Deno.args;
   const masters = ports.split(",").map((port) =>
     new Redis(Number(port), "127.0.0.1")
   );
   const redis = masters[0];
-  const acquire = implementations[implementation](redis, NAME, masters);
+  const tasks = Number(tasksArg);
+  const acquires = Array.from(
+    { length: tasks },
+    () => implementations[implementation](redis, NAME, masters),
+  );
   const holdMs = Number(hold);
 
   // Warm up (load scripts, compile the code paths) on a lock of its own,
@@ -133,14 +141,26 @@ if (import.meta.main) {
 
   const until = performance.now() + Number(seconds) * 1000;
   const waits: number[] = [];
-  while (performance.now() < until) {
-    const started = performance.now();
-    const release = await acquire();
-    waits.push(Math.round((performance.now() - started) * 100) / 100);
-    if (holdMs > 0) await delay(holdMs);
-    await release();
-  }
-  console.log(JSON.stringify({ acquisitions: waits.length, waits }));
+  let held = 0;
+  const counts = await Promise.all(acquires.map(async (acquire) => {
+    let count = 0;
+    while (performance.now() < until) {
+      const started = performance.now();
+      const release = await acquire();
+      waits.push(Math.round((performance.now() - started) * 100) / 100);
+      count++;
+      if (holdMs > 0) {
+        const start = performance.now();
+        await delay(holdMs);
+        held += performance.now() - start;
+      }
+      await release();
+    }
+    return count;
+  }));
+  console.log(
+    JSON.stringify({ acquisitions: waits.length, counts, waits, held }),
+  );
   for (const master of masters) {
     await shutdown(master);
     master.disconnect();

@@ -12,10 +12,17 @@
  *   `retryDelay: 10` (commands are counted on all three)
  * - a naive SET NX PX that polls every 10 ms
  *
- * For each case it prints: total acquisitions, per-worker min / avg / max
- * (and min/max, the fairness), acquire-wait p50 and p99, Redis commands per
- * acquisition (INFO commandstats, commands run inside scripts included) and
- * the clients connected during the run. Output: a Markdown table, and JSON
+ * A last case runs one process with many tasks at once on the name (a busy
+ * server: `--tasks 64`, hold times `--task-hold 0,1`; `--tasks 0` leaves it
+ * out).
+ *
+ * For each case it prints: total acquisitions, per-worker (per-task)
+ * min / avg / max (and min/max, the fairness), acquire-wait p50 and p99,
+ * Redis commands per acquisition (INFO commandstats, commands run inside
+ * scripts included), redis-server's CPU time per acquisition (user + sys
+ * over the run, INFO cpu, on every master used) and the clients connected
+ * during the run. A hold of d ms takes longer (Deno's timers fire ~1 ms
+ * late): the mean measured is printed beside it. Output: a Markdown table, and JSON
  * in bench/results/contention.json.
  *
  *   deno task bench:contention                      # T = 5 s
@@ -30,6 +37,8 @@ import { denoScript } from "../tests/_deno.ts";
 interface Case {
   implementation: string;
   workers: number;
+  /** Tasks per worker process. */
+  tasks: number;
   hold: number;
 }
 
@@ -44,6 +53,10 @@ interface Result extends Case {
   p50: number;
   p99: number;
   commandsPerAcquisition: number;
+  /** The mean time a hold really took (a timer fires late), ms. */
+  holdMeasured: number;
+  /** redis-server CPU time (user + sys) per acquisition, µs. */
+  cpuPerAcquisition: number;
   clients: number;
 }
 
@@ -56,6 +69,8 @@ const SECONDS = Number(option("seconds", "5"));
 const WORKERS = option("workers", "1,2,8,32").split(",").map(Number);
 const HOLDS = option("hold", "0,10").split(",").map(Number);
 const ONLY = option("only", "");
+const TASKS = Number(option("tasks", "64"));
+const TASK_HOLDS = option("task-hold", "0,1").split(",").map(Number);
 const NAMES = Object.keys(implementations).filter((name) =>
   ONLY === "" || ONLY.split(",").includes(name)
 );
@@ -79,6 +94,13 @@ function commandCalls(info: string, workers: number): number {
   }
   // The start barrier: each worker's BLPOP, and the harness's one LPUSH.
   return total - workers - 1;
+}
+
+/** redis-server's CPU time so far (user + sys, children excluded), in s. */
+async function cpuSeconds(master: Redis): Promise<number> {
+  const info = await master.info("cpu");
+  return Number(/used_cpu_sys:([\d.]+)/.exec(info)![1]) +
+    Number(/used_cpu_user:([\d.]+)/.exec(info)![1]);
 }
 
 /** Whether an implementation runs over the three masters. */
@@ -105,15 +127,19 @@ async function run(
         ports.slice(0, masters.length).join(","),
         String(c.hold),
         String(SECONDS),
+        String(c.tasks),
       ], { stdout: "piped", stderr: "inherit" }).spawn(),
   );
   while (Number(await redis.get("bench:ready")) < c.workers) await delay(20);
   for (const master of masters) await master.config("RESETSTAT");
+  let cpu = 0;
+  for (const master of masters) cpu -= await cpuSeconds(master);
   await redis.lpush("bench:go", ...Array(c.workers).fill("1"));
   await delay(SECONDS * 500);
   const clientsInfo = await redis.info("clients");
   const clients = Number(/connected_clients:(\d+)/.exec(clientsInfo)![1]) - 1;
   const outputs = await Promise.all(children.map((child) => child.output()));
+  for (const master of masters) cpu += await cpuSeconds(master);
   let commands = 0;
   for (const [i, master] of masters.entries()) {
     const info = await master.info("commandstats");
@@ -125,12 +151,14 @@ async function run(
 
   const counts: number[] = [];
   const waits: number[] = [];
+  let held = 0;
   for (const output of outputs) {
     if (output.code !== 0) {
       throw new Error(`a worker of ${c.implementation} failed`);
     }
     const result = JSON.parse(new TextDecoder().decode(output.stdout));
-    counts.push(result.acquisitions);
+    counts.push(...result.counts);
+    held += result.held;
     for (const wait of result.waits) waits.push(wait);
   }
   waits.sort((a, b) => a - b);
@@ -143,12 +171,14 @@ async function run(
     total,
     perSecond: total / SECONDS,
     min,
-    avg: total / c.workers,
+    avg: total / counts.length,
     max,
     fairness: max === 0 ? 0 : min / max,
     p50: percentile(waits, 0.5),
     p99: percentile(waits, 0.99),
     commandsPerAcquisition: commands / total,
+    cpuPerAcquisition: cpu * 1e6 / total,
+    holdMeasured: held / total,
     clients,
   };
 }
@@ -158,18 +188,20 @@ function fixed(value: number, digits: number): string {
 }
 
 function row(r: Result): string {
-  return `| ${r.implementation} | ${r.workers} | ${r.hold} | ${r.total} | ${
+  const workers = r.tasks > 1 ? `${r.workers} × ${r.tasks} tasks` : r.workers;
+  const hold = r.hold > 0 ? `${r.hold} (${fixed(r.holdMeasured, 1)})` : "0";
+  return `| ${r.implementation} | ${workers} | ${hold} | ${r.total} | ${
     Math.round(r.perSecond)
   } | ${r.min} / ${Math.round(r.avg)} / ${r.max} | ${fixed(r.fairness, 2)} | ${
     fixed(r.p50, 1)
-  } | ${fixed(r.p99, 1)} | ${
-    fixed(r.commandsPerAcquisition, 1)
+  } | ${fixed(r.p99, 1)} | ${fixed(r.commandsPerAcquisition, 1)} | ${
+    fixed(r.cpuPerAcquisition, 0)
   } | ${r.clients} |`;
 }
 
 const HEADER =
-  "| implementation | workers | hold ms | acquisitions | per s | per worker min / avg / max | fairness | wait p50 ms | wait p99 ms | commands / acquisition | clients |\n" +
-  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";
+  "| implementation | workers | hold ms (measured) | acquisitions | per s | per worker min / avg / max | fairness | wait p50 ms | wait p99 ms | commands / acquisition | Redis CPU µs / acquisition | clients |\n" +
+  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";
 
 await using server = await RedisServer.start();
 await using second = await RedisServer.start();
@@ -183,18 +215,25 @@ console.log(
 );
 console.log(HEADER);
 const results: Result[] = [];
+const cases: Case[] = [];
 for (const hold of HOLDS) {
   for (const workers of WORKERS) {
     for (const implementation of NAMES) {
-      const result = await run(redis, ports, others, {
-        implementation,
-        workers,
-        hold,
-      });
-      results.push(result);
-      console.log(row(result));
+      cases.push({ implementation, workers, tasks: 1, hold });
     }
   }
+}
+if (TASKS > 0) {
+  for (const hold of TASK_HOLDS) {
+    for (const implementation of NAMES.filter((name) => !overMasters(name))) {
+      cases.push({ implementation, workers: 1, tasks: TASKS, hold });
+    }
+  }
+}
+for (const c of cases) {
+  const result = await run(redis, ports, others, c);
+  results.push(result);
+  console.log(row(result));
 }
 redis.disconnect();
 for (const other of others) other.disconnect();
