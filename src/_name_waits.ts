@@ -136,7 +136,10 @@ export class NameWaits {
    * Hand-overs received, by ticket, not yet applied, with the time before
    * which each certainly had not happened (`performance.now()`).
    */
-  readonly #mail = new Map<string, { token: number; notBefore: number }>();
+  readonly #mail = new Map<
+    string,
+    { token: number; notBefore: number; own: boolean }
+  >();
   #checkDue = false;
   /** The wake-up taken from the signal list for this name ("" if none). */
   #wakeUp = "";
@@ -222,10 +225,12 @@ export class NameWaits {
   /**
    * A hand-over arrived for `ticket`; it happened after `notBefore`
    * (`performance.now()`: when the last `BLPOP` that found the wake list
-   * empty was sent).
+   * empty was sent, or when the release that handed it over was sent).
+   * `own`: the hand-over set the waiter's own expiry (a release of this
+   * process), not the short one of a hand-over between processes.
    */
-  mail(ticket: string, token: number, notBefore: number): void {
-    this.#mail.set(ticket, { token, notBefore });
+  mail(ticket: string, token: number, notBefore: number, own = false): void {
+    this.#mail.set(ticket, { token, notBefore, own });
     this.poke();
   }
 
@@ -363,7 +368,7 @@ export class NameWaits {
       acquisition: {
         token: mail.token,
         since: Math.max(presence.since, mail.notBefore),
-        initial: wait.handOverExpire,
+        initial: mail.own ? wait.request.expire : wait.handOverExpire,
       },
     };
   }
@@ -551,7 +556,7 @@ export class NameWaits {
       acquisition: {
         token: mail.token,
         since: mail.notBefore,
-        initial: wait.handOverExpire,
+        initial: mail.own ? wait.request.expire : wait.handOverExpire,
       },
     };
   }

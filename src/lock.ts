@@ -54,6 +54,7 @@ import {
   randomProcessId,
   shutDown,
   type Waiter,
+  waiterFor,
   waiterOf,
 } from "./waiter.ts";
 import { type ServerView, viewOf } from "./_server_view.ts";
@@ -689,6 +690,11 @@ export class Lock implements AsyncDisposable {
     lease?.end(
       this.#released ??= new LockError(`Lock '${this.name}' was released`),
     );
+    // A waiter of this process is handed the lock in the reply.
+    const here = this.#keys.cluster
+      ? undefined
+      : waiterFor(this.#connection, this.name);
+    const sentAt = performance.now();
     const reply = await attempt(
       "release",
       this.name,
@@ -697,9 +703,14 @@ export class Lock implements AsyncDisposable {
           this.#connection,
           this.#keys,
           this.#signalExpire,
-          [this.id],
+          here === undefined ? [this.id] : [this.id, here.process],
         ),
     );
+    if (Array.isArray(reply)) {
+      const [, ticket, token] = reply;
+      here?.handedHere(String(ticket), Number(token), sentAt);
+      return;
+    }
     if (reply === 1) {
       throw new NotAcquiredError(
         `Lock '${this.name}' is not acquired with id '${this.id}' or it already expired`,

@@ -71,13 +71,21 @@ redis.call('set', KEYS[${fence}], epoch .. ':' .. string.format('%d', token))
 }
 
 /**
+ * Statements that set the lock for the queue entry parsed into `px` and
+ * `id`, for at most `HAND_OVER_EXPIRE` (KEYS: lock).
+ */
+const SET_HANDED = `
+local ttl = ${HAND_OVER_EXPIRE}
+if px ~= '' and tonumber(px) < ttl then ttl = tonumber(px) end
+redis.call('set', KEYS[1], id, 'PX', ttl)
+`;
+
+/**
  * Statements that set the lock for the queue entry parsed into `process`,
  * `px` and `id`, and draw its token (KEYS: lock, signal, queue, fence).
  */
 const SET_FOR_ENTRY = `
-local ttl = ${HAND_OVER_EXPIRE}
-if px ~= '' and tonumber(px) < ttl then ttl = tonumber(px) end
-redis.call('set', KEYS[1], id, 'PX', ttl)
+${SET_HANDED}
 ${draw(4)}
 `;
 
@@ -87,8 +95,13 @@ ${draw(4)}
  * there is none. On a Cluster (KEYS[6]: the lock's liveness hash), a
  * process is a wait, alive while its field holds a time to come, and hears
  * of the hand-over on the lock's sharded channel (its process as message).
+ *
+ * `self` (a Lua expression) is the process that lets the lock go, if it
+ * waits too: a hand-over to one of its own waiters (`here`) pushes nothing,
+ * as the reply carries it, and sets the waiter's own expiry, as the process
+ * is running.
  */
-function handOver(cluster: boolean): string {
+function handOver(cluster: boolean, self = "false"): string {
   const alive = cluster
     ? `
   local aliveUntil = process and redis.call('hget', KEYS[6], process)
@@ -100,12 +113,14 @@ function handOver(cluster: boolean): string {
     ? `
   redis.pcall('spublish', KEYS[2], process)`
     : `
-  local wake = '${WAKE_PREFIX}' .. process
-  redis.call('lpush', wake, ticket .. ':' .. token)
-  redis.call('pexpire', wake, ${HAND_OVER_EXPIRE})
-  -- A process of the "pubsub" transport hears of it on the channel.
-  if string.sub(process, 1, 1) == '${PUBSUB_MARK}' then
-    redis.call('publish', wake, '1')
+  if not here then
+    local wake = '${WAKE_PREFIX}' .. process
+    redis.call('lpush', wake, ticket .. ':' .. token)
+    redis.call('pexpire', wake, ${HAND_OVER_EXPIRE})
+    -- A process of the "pubsub" transport hears of it on the channel.
+    if string.sub(process, 1, 1) == '${PUBSUB_MARK}' then
+      redis.call('publish', wake, '1')
+    end
   end`;
   return `
 local entry, process, ticket, px, id
@@ -115,8 +130,18 @@ while true do
   if not entry then break end
   process, ticket, px, id = string.match(entry, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')${alive}
 end
+local here = entry and process == ${self}
+local handedToken
 if entry then
-  ${SET_FOR_ENTRY}${wake}
+  if not here then
+    ${SET_HANDED}
+  elseif px == '' then
+    redis.call('set', KEYS[1], id)
+  else
+    redis.call('set', KEYS[1], id, 'PX', px)
+  end
+  ${draw(4)}
+  handedToken = token${wake}
 end
 `;
 }
@@ -183,13 +208,14 @@ end
  * the signal list for `TURN` ms, during which this library's queued waiters
  * leave it to racers. With nobody alive queued, the lock is deleted with a
  * wake-up in the signal list (python-redis-lock's UNLOCK). They leave
- * `opened` true when a turn opened.
+ * `opened` true when a turn opened, and `handedHere` `{ticket, token}` when
+ * the lock went to a waiter of `self` (see `handOver`).
  *
  * On a Cluster (KEYS[6]: the lock's liveness hash) there are no racers'
  * turns, and a lock freed with nobody alive queued is announced on the
  * sharded channel named as the signal list, with an empty message.
  */
-function letGo(cluster = false): string {
+function letGo(cluster = false, self = "false"): string {
   if (cluster) {
     return `
 local opened = false
@@ -234,10 +260,11 @@ if waiting then
     redis.call('set', KEYS[5], 'u' .. (tonumber(string.sub(turn, 2)) - 1), 'KEEPTTL')
   end
 end
-local handed = false
+local handed, handedHere = false, false
 if waiting and not opened then
-  ${handOver(false)}
+  ${handOver(false, self)}
   handed = entry and true or false
+  if here then handedHere = {ticket, handedToken} end
 end
 if not handed and not opened then
   ${SIGNAL}
@@ -371,11 +398,14 @@ export const C_ACQUIRE: string = acquireSource(true);
 
 /**
  * KEYS: lock, signal, queue, fence, turn (and the liveness hash on a
- * Cluster). ARGV: signal expiry, id.
+ * Cluster). ARGV: signal expiry, id, and on one server the caller's waiting
+ * process (none if absent).
  * If this id holds the lock, lets it go: to the first queued waiter alive,
  * to racers for their turn, or else deletes it and leaves one wake-up in
  * the signal list (python-redis-lock's UNLOCK). Returns 0 when released, 2
- * when released for a racers' turn, 1 when this id does not hold the lock.
+ * when released for a racers' turn, 1 when this id does not hold the lock,
+ * `{3, ticket, token}` when handed to a waiter of the caller's process
+ * (with the waiter's own expiry; no wake-up pushed).
  */
 function releaseSource(cluster: boolean): string {
   return `
@@ -383,7 +413,12 @@ ${EFFECTS}
 if redis.call('get', KEYS[1]) ~= ARGV[2] then
   return 1
 end
-${letGo(cluster)}
+${cluster ? letGo(true) : letGo(false, "ARGV[3]")}
+${
+    cluster
+      ? ""
+      : "if handedHere then return {3, handedHere[1], handedHere[2]} end"
+  }
 if opened then return 2 end
 return 0
 `;

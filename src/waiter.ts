@@ -223,6 +223,14 @@ export class Waiter implements WaiterContext {
     return String(++this.#sequence);
   }
 
+  /**
+   * A release of this process handed the lock to one of its waiters: the
+   * release's reply carries `<ticket>`, the token, and when it was sent.
+   */
+  handedHere(ticket: string, token: number, sentAt: number): void {
+    this.#tickets.get(ticket)?.mail(ticket, token, sentAt, true);
+  }
+
   register(ticket: string, waits: NameWaits): void {
     this.#tickets.set(ticket, waits);
   }
@@ -488,6 +496,19 @@ export function waiterOf(
     byTransport.set(transport, waiter);
   }
   return waiter;
+}
+
+/**
+ * The waiter of the client that waits for the lock `name`, if any: a
+ * release hands the lock to its waiters in the reply.
+ */
+export function waiterFor(
+  connection: Connection,
+  name: string,
+): Waiter | undefined {
+  return [...waiters.get(connection)?.values() ?? []].find((waiter) =>
+    waiter.drives(name)
+  );
 }
 
 /**

@@ -98,6 +98,12 @@ export class ReplyDropper implements AsyncDisposable {
    * commands sent one after the other, a reply is one read).
    */
   passReplies = 0;
+  /**
+   * Only the connection accepted `dropOn`-th (from 0) loses a reply: 0 is
+   * the application's own, before the waiter opens its connections.
+   */
+  dropOn: number | undefined;
+  #accepted = 0;
   readonly #listener: Deno.TcpListener;
   readonly #conns = new Set<Deno.Conn>();
   readonly #serving: Promise<void>;
@@ -112,7 +118,7 @@ export class ReplyDropper implements AsyncDisposable {
   async #serve(target: number): Promise<void> {
     try {
       for await (const client of this.#listener) {
-        const pipe = this.#pipe(client, target).finally(() =>
+        const pipe = this.#pipe(client, target, this.#accepted++).finally(() =>
           this.#pipes.delete(pipe)
         );
         this.#pipes.add(pipe);
@@ -122,7 +128,11 @@ export class ReplyDropper implements AsyncDisposable {
     }
   }
 
-  async #pipe(client: Deno.Conn, target: number): Promise<void> {
+  async #pipe(
+    client: Deno.Conn,
+    target: number,
+    index: number,
+  ): Promise<void> {
     let server: Deno.Conn;
     try {
       server = await Deno.connect({ hostname: "127.0.0.1", port: target });
@@ -148,7 +158,10 @@ export class ReplyDropper implements AsyncDisposable {
         for (;;) {
           const n = await from.read(buffer);
           if (n === null) break;
-          if (replies && this.dropNextReply) {
+          if (
+            replies && this.dropNextReply &&
+            (this.dropOn === undefined || this.dropOn === index)
+          ) {
             if (this.passReplies > 0) {
               this.passReplies--;
             } else {

@@ -266,3 +266,33 @@ Deno.test("a non-blocking acquire does not take a lock that a wait of the same i
     await client.close();
   }
 });
+
+Deno.test("a release that hands the lock to a waiter of its own process, its reply lost, still gives the waiter the lock", async () => {
+  await using env = await bed();
+  await noTurn(env, "here-lost");
+  await using proxy = new ReplyDropper(env.server.port);
+  const app = noResend(proxy);
+  try {
+    const holder = new Lock(app, "here-lost", { expire: 60_000 });
+    await holder.acquire();
+    await holder.release(); // the scripts are loaded
+    await holder.acquire();
+    const waiter = new Lock(app, "here-lost", { expire: 60_000 });
+    const waiting = waiter.acquire({ timeout: 10_000 });
+    await queued({ raw: env.command }, "here-lost");
+    proxy.dropOn = 0; // the application's connection: the release's reply
+    proxy.dropNextReply = true;
+    const released = performance.now();
+    await assert.rejects(holder.release(), LockError);
+    assert.equal(await waiting, true);
+    // Found by the waiter's next look (a tick), not by the holder's expiry.
+    const waited = performance.now() - released;
+    assert.ok(waited < 2_500, `acquired ${waited} ms after the release`);
+    assert.equal(await env.command("GET", "lock:here-lost"), waiter.id);
+    await waiter.release();
+    assert.equal(await env.command("EXISTS", "lock:here-lost"), 0);
+  } finally {
+    await shutdown(app);
+    await close(app);
+  }
+});

@@ -118,6 +118,54 @@ Deno.test("a hand-over sets a short expiry that the new holder lengthens to its 
   }
 });
 
+/** Calls of each command since the last `CONFIG RESETSTAT`. */
+async function commandCalls(raw: RespClient): Promise<Map<string, number>> {
+  const info = String(await raw.command("INFO", "commandstats"));
+  return new Map(
+    [...info.matchAll(/cmdstat_(\S+?):calls=(\d+)/g)].map((
+      [, command, calls],
+    ) => [command, Number(calls)]),
+  );
+}
+
+Deno.test("a release hands the lock to a waiter of its own process in its reply: no wake-up, no claim", async () => {
+  await using env = await bed();
+  const client = await env.client();
+  // The first release with a waiter queued gives racers (python's waiters)
+  // their turn; the ones measured come after it.
+  let first = true;
+  for (const expire of [30_000, 30_000, undefined]) {
+    const holder = await acquire(client, "here", { expire });
+    const waiter = new Lock(client, "here", { expire });
+    const waiting = waiter.acquire();
+    await queued({ raw: env.command }, "here");
+    await env.raw.command("CONFIG", "RESETSTAT");
+    await holder.release();
+    assert.equal(await waiting, true);
+    await delay(100);
+    if (first) {
+      first = false;
+      await waiter.release();
+      continue;
+    }
+    const calls = await commandCalls(env.raw);
+    // No wake list pushed, no expiry set after: the release's own script
+    // set the holder's expiry.
+    assert.equal(calls.get("lpush") ?? 0, 0, "no wake-up pushed");
+    // (A tick's look at the queue, if one fell in, refreshes the queue's
+    // expiry after an LPOS; a claim sets the lock's without.)
+    assert.ok(
+      (calls.get("pexpire") ?? 0) <= (calls.get("lpos") ?? 0),
+      "no claim of its expiry",
+    );
+    const pttl = await env.raw.command("PTTL", "lock:here") as number;
+    if (expire === undefined) assert.equal(pttl, -1);
+    else assert.ok(pttl > 25_000, `its own expiry: ${pttl} ms`);
+    assert.ok(waiter.token > holder.token);
+    await waiter.release();
+  }
+});
+
 Deno.test("a waiter that died while queued delays the lock by at most the hand-over expiry", async () => {
   await using env = await bed();
   const holder = await acquire(await env.client(), "died");
