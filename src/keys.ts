@@ -28,6 +28,16 @@ export const TURN_PREFIX = "lock-turn:";
 /** Milliseconds a racers' turn lasts at most. */
 export const TURN = 10;
 
+/**
+ * Milliseconds a process may keep a lock through holders' turns (see
+ * `_holder_turns.ts`): a release gives its process a turn while its tenure
+ * is shorter than this.
+ */
+export const HOLDER_TURN = 5;
+
+/** Milliseconds a holder's turn keeps the lock at most. */
+export const TURN_LEASE = 250;
+
 /** Milliseconds between turns while no racer takes one. */
 export const TURN_QUIET = 5_000;
 

@@ -59,6 +59,7 @@ import {
 } from "./waiter.ts";
 import { type ServerView, viewOf } from "./_server_view.ts";
 import { classify } from "./_failure.ts";
+import { holderTurnsOf } from "./_holder_turns.ts";
 import {
   CLUSTER_POLL_MAX,
   CLUSTER_TICK,
@@ -213,6 +214,7 @@ export class Lock implements AsyncDisposable {
   readonly #autoRenewal: boolean;
   readonly #signalExpire: number;
   readonly #fair: boolean;
+  readonly #turns: boolean;
   readonly #transport: Transport | undefined;
   readonly #pollInterval: number;
   /** Behind `lock.signal`; made when first read. */
@@ -226,6 +228,14 @@ export class Lock implements AsyncDisposable {
   #acquiring = false;
   /** Whether the id is this instance's own making (random). */
   readonly #ownId: boolean;
+  /**
+   * Whether the `acquire()` on its way, then the holding it brought, began
+   * right after a release of this name by this process: only such a
+   * holding asks for a holder's turn (see `_holder_turns.ts`).
+   */
+  #looping = false;
+  /** The holding's tenure: when it came to this process (server ms). */
+  #tenure = 0;
 
   /**
    * Creates a lock. Nothing is sent to Redis.
@@ -249,6 +259,7 @@ export class Lock implements AsyncDisposable {
     this.#autoRenewal = valid.autoRenewal;
     this.#signalExpire = valid.signalExpire;
     this.#fair = valid.fair;
+    this.#turns = valid.turns;
     this.#transport = valid.transport;
     this.#pollInterval = valid.pollInterval;
     this.#checkTransport();
@@ -354,6 +365,8 @@ export class Lock implements AsyncDisposable {
       );
     }
     this.#acquiring = true;
+    this.#looping = this.#turns && !this.#keys.cluster &&
+      holderTurnsOf(this.#connection).looping(this.name);
     try {
       if (!blocking || timeout === 0) {
         return await this.#tryOnce(signal) ?? false;
@@ -368,9 +381,13 @@ export class Lock implements AsyncDisposable {
       const waiter = waiterOf(this.#connection, this.#transport);
       // A free lock is taken on the application's connection, in one round
       // trip and with no waiting machinery; waiters of this process come
-      // first, though, and racers in the turn this process gave them.
+      // first, though, and racers in the turn this process gave them. A
+      // holder's turn of this process is taken the same way.
       const view = viewOf(this.#connection, this.#keys.fence);
-      if (!waiter.waitsFor(this.name) && !view.inTurn(this.name)) {
+      const turn = holderTurnsOf(this.#connection).has(this.name);
+      if (
+        (turn || !waiter.waitsFor(this.name)) && !view.inTurn(this.name)
+      ) {
         const deadline = performance.now() + timeout;
         if (await this.#tryOnce(signal)) return true;
         timeout = Math.max(0, deadline - performance.now());
@@ -444,7 +461,13 @@ export class Lock implements AsyncDisposable {
       return false;
     }
     const sentAt = performance.now();
-    const reply = await this.#try(view, entry);
+    const turns = entry === "" ? holderTurnsOf(this.#connection) : undefined;
+    const tenure = turns?.take(this.name);
+    const reply = await this.#try(
+      view,
+      entry,
+      tenure === undefined ? "" : turns!.mark,
+    );
     let token: number;
     if (typeof reply === "number") {
       token = reply;
@@ -479,7 +502,11 @@ export class Lock implements AsyncDisposable {
       await this.#releaseQuietly();
       return undefined;
     }
-    return this.#take({ token, since: sentAt, initial: expire }, signal);
+    return this.#take(
+      { token, since: sentAt, initial: expire },
+      signal,
+      tenure,
+    );
   }
 
   /**
@@ -601,17 +628,22 @@ export class Lock implements AsyncDisposable {
   async #try(
     view: ServerView,
     entry: string,
+    mark: string,
   ): Promise<number | (number | string)[]> {
     const expire = this.#expire === undefined ? "" : String(this.#expire);
     try {
       return await acquireScript(this.#keys).call(
         this.#connection,
         this.#keys,
-        [this.id, expire, entry, view.known],
+        mark === ""
+          ? [this.id, expire, entry, view.known]
+          : [this.id, expire, entry, view.known, mark],
       ) as number | (number | string)[];
     } catch (error) {
-      // The reply may be lost after the script ran: leave nothing behind.
+      // The reply may be lost after the script ran: leave nothing behind,
+      // nor the turn's mark.
       await this.#releaseQuietly();
+      if (mark !== "") await this.#endTurn(mark).catch(() => {});
       throw new LockError(`Cannot acquire lock '${this.name}': Redis failed`, {
         cause: error,
       });
@@ -628,8 +660,16 @@ export class Lock implements AsyncDisposable {
     );
   }
 
-  /** Starts holding; with the signal aborted meanwhile, releases instead. */
-  #take(acquisition: Acquisition, signal?: AbortSignal): true | Promise<never> {
+  /**
+   * Starts holding, with the tenure of the holder's turn it took, if any;
+   * with the signal aborted meanwhile, releases instead.
+   */
+  #take(
+    acquisition: Acquisition,
+    signal?: AbortSignal,
+    tenure?: number,
+  ): true | Promise<never> {
+    this.#tenure = tenure ?? Math.floor(acquisition.token / 1000);
     if (signal?.aborted) {
       return this.#releaseQuietly().then(() => {
         throw signal.reason;
@@ -690,11 +730,21 @@ export class Lock implements AsyncDisposable {
     lease?.end(
       this.#released ??= new LockError(`Lock '${this.name}' was released`),
     );
-    // A waiter of this process is handed the lock in the reply.
+    // A waiter of this process is handed the lock in the reply; else a
+    // holding that loops asks for a holder's turn.
     const here = this.#keys.cluster
       ? undefined
       : waiterFor(this.#connection, this.name);
+    const turns = this.#keys.cluster
+      ? undefined
+      : holderTurnsOf(this.#connection);
+    const askTurn = here === undefined && turns !== undefined &&
+      lease !== undefined && !wasLost && this.#looping;
+    const tenure = this.#tenure;
     const sentAt = performance.now();
+    // A release whose reply is lost (or that a re-sent run finds done) may
+    // have left the turn's mark: it ends the turn at once.
+    const endTurn = () => this.#endTurn(turns!.mark);
     const reply = await attempt(
       "release",
       this.name,
@@ -703,9 +753,21 @@ export class Lock implements AsyncDisposable {
           this.#connection,
           this.#keys,
           this.#signalExpire,
-          here === undefined ? [this.id] : [this.id, here.process],
+          askTurn
+            ? [this.id, "", turns!.mark, String(tenure)]
+            : here === undefined
+            ? [this.id]
+            : [this.id, here.process],
         ),
-    );
+    ).catch((error) => {
+      if (askTurn) turns!.given(this.name, tenure, endTurn, false);
+      throw error;
+    });
+    if (lease !== undefined && reply !== 1) turns?.released(this.name);
+    if (reply === 4 || (reply === 1 && askTurn)) {
+      turns!.given(this.name, tenure, endTurn, reply === 4);
+    }
+    if (reply === 4) return;
     if (Array.isArray(reply)) {
       const [, ticket, token] = reply;
       here?.handedHere(String(ticket), Number(token), sentAt);
@@ -720,6 +782,19 @@ export class Lock implements AsyncDisposable {
     if (reply === 2) {
       viewOf(this.#connection, this.#keys.fence).turnOpened(this.name);
     }
+  }
+
+  /**
+   * Ends a holder's turn of this process that no acquire took: the lock,
+   * still set to the turn's mark, is let go as a release does.
+   */
+  #endTurn(mark: string): Promise<unknown> {
+    return resetScript(this.#keys).handOver(
+      this.#connection,
+      this.#keys,
+      this.#signalExpire,
+      [mark],
+    );
   }
 
   /**

@@ -34,10 +34,12 @@ import {
   ALIVE_PREFIX,
   ALIVE_TTL,
   HAND_OVER_EXPIRE,
+  HOLDER_TURN,
   type LockKeys,
   PUBSUB_MARK,
   QUEUE_TTL,
   TURN,
+  TURN_LEASE,
   TURN_MEMORY,
   TURN_QUIET,
   WAKE_PREFIX,
@@ -274,6 +276,47 @@ end
 }
 
 /**
+ * Statements by which an acquire takes the lock set to its process's turn
+ * mark (ARGV[5]) as if it were free.
+ */
+const TAKE_TURN = `
+if ARGV[5] and ARGV[5] ~= '' and owner == ARGV[5] then
+  if ARGV[2] == '' then
+    redis.call('set', KEYS[1], ARGV[1])
+  else
+    redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  end
+  owner = false
+end
+`;
+
+/**
+ * Statements by which a release gives its process a holder's turn (see
+ * `_holder_turns.ts`): when ARGV[4] (the process's turn mark) is given,
+ * others are queued, the holder's tenure began (ARGV[5], server ms) less
+ * than `HOLDER_TURN` ms ago and no racers' turn is open, the lock is set
+ * to the mark, for at most `TURN_LEASE` ms and no longer than the holding
+ * had left, and the script returns 4.
+ */
+const GIVE_TURN = `
+if ARGV[4] and ARGV[4] ~= '' and redis.call('llen', KEYS[3]) > 0 then
+  ${NOW_MS}
+  local held = nowMs - tonumber(ARGV[5])
+  local racers = redis.call('get', KEYS[5])
+  if held >= 0 and held < ${HOLDER_TURN} and not (racers and string.sub(racers, 1, 1) == 'o') then
+    local pttl = redis.call('pttl', KEYS[1])
+    if pttl < 0 or pttl > ${TURN_LEASE} then
+      pttl = ${TURN_LEASE}
+    elseif pttl < 1 then
+      pttl = 1
+    end
+    redis.call('set', KEYS[1], ARGV[4], 'PX', pttl)
+    return 4
+  end
+end
+`;
+
+/**
  * Marks the caller's process alive (ACQUIRE's ARGV[3] is `<process>|…`).
  */
 const MARK_PROCESS_ALIVE =
@@ -287,7 +330,8 @@ const MARK_WAIT_ALIVE = `${NOW_MS}
 /**
  * KEYS: lock, signal, queue, fence, turn. ARGV: id, expire ms ("" for
  * none), `<process>|<ticket>` ("" not to queue), the epoch the caller knows
- * ("" if none).
+ * ("" if none), and on one server the caller's turn mark ("" or absent if
+ * it has no holder's turn: see `_holder_turns.ts`).
  *
  * Sets the lock when it is free and draws a fencing token. A caller that
  * queues (a waiter of this library) does not pass the queue: it leaves a
@@ -334,7 +378,11 @@ else
   end
   owner = not set and redis.call('get', KEYS[1])
 end
-if not owner and ARGV[3] ~= '' and redis.call('llen', KEYS[3]) > 0 then
+${
+    cluster
+      ? ""
+      : TAKE_TURN
+  }if not owner and ARGV[3] ~= '' and redis.call('llen', KEYS[3]) > 0 then
   -- Free, but others queued first: the first of them alive takes it.
   ${handOver(cluster)}
   if entry then owner = id end
@@ -399,13 +447,16 @@ export const C_ACQUIRE: string = acquireSource(true);
 /**
  * KEYS: lock, signal, queue, fence, turn (and the liveness hash on a
  * Cluster). ARGV: signal expiry, id, and on one server the caller's waiting
- * process (none if absent).
- * If this id holds the lock, lets it go: to the first queued waiter alive,
- * to racers for their turn, or else deletes it and leaves one wake-up in
- * the signal list (python-redis-lock's UNLOCK). Returns 0 when released, 2
- * when released for a racers' turn, 1 when this id does not hold the lock,
- * `{3, ticket, token}` when handed to a waiter of the caller's process
- * (with the waiter's own expiry; no wake-up pushed).
+ * process ("" or absent if none), the caller's turn mark and the holder's
+ * tenure (server ms) when it asks for a holder's turn ("" or absent if
+ * not).
+ * If this id holds the lock, lets it go: to the caller's process for a
+ * holder's turn, to the first queued waiter alive, to racers for their
+ * turn, or else deletes it and leaves one wake-up in the signal list
+ * (python-redis-lock's UNLOCK). Returns 0 when released, 2 when released
+ * for a racers' turn, 4 when kept for a holder's turn, 1 when this id does
+ * not hold the lock, `{3, ticket, token}` when handed to a waiter of the
+ * caller's process (with the waiter's own expiry; no wake-up pushed).
  */
 function releaseSource(cluster: boolean): string {
   return `
@@ -413,7 +464,7 @@ ${EFFECTS}
 if redis.call('get', KEYS[1]) ~= ARGV[2] then
   return 1
 end
-${cluster ? letGo(true) : letGo(false, "ARGV[3]")}
+${cluster ? letGo(true) : GIVE_TURN + letGo(false, "ARGV[3]")}
 ${
     cluster
       ? ""

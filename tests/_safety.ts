@@ -293,27 +293,39 @@ export class SafetyRun {
     ).map((h) => `token ${h.token} of worker ${h.worker} after a higher one`);
 
     const writes = this.events.filter((e) => e.type === "write");
-    const holdingOf = (w: SafetyEvent) =>
-      holdings.find((h) => h.worker === w.worker && h.token === w.token)!;
+    // Holdings are sorted by start: the newer ones of a holding are those
+    // after the first that starts later. Per holding, the earliest attempt
+    // of any write of a newer holding (a suffix minimum).
+    const indexOf = new Map(
+      holdings.map((h, i) => [`${h.worker}:${h.token}`, i]),
+    );
+    const firstNewer = holdings.map((h, i) => {
+      let j = i + 1;
+      while (j < holdings.length && holdings[j].from <= h.from) j++;
+      return j;
+    });
+    const earliestAttempt = new Array<number>(holdings.length).fill(Infinity);
+    for (const write of writes) {
+      const i = indexOf.get(`${write.worker}:${write.token}`)!;
+      earliestAttempt[i] = Math.min(earliestAttempt[i], write.attempt!);
+    }
+    const earliestFrom = new Array<number>(holdings.length + 1).fill(Infinity);
+    for (let i = holdings.length - 1; i >= 0; i--) {
+      earliestFrom[i] = Math.min(earliestFrom[i + 1], earliestAttempt[i]);
+    }
     const refused: string[] = [];
     const stale: string[] = [];
     for (const write of writes) {
-      const mine = holdingOf(write);
-      const newer = holdings.filter((h) => h.from > mine.from);
+      const next = firstNewer[indexOf.get(`${write.worker}:${write.token}`)!];
       if (
         write.accepted === false &&
-        !newer.some((h) => h.from < write.answered!)
+        !(next < holdings.length && holdings[next].from < write.answered!)
       ) {
         refused.push(
           `worker ${write.worker} token ${write.token} refused while newest`,
         );
       }
-      const newerWrote = writes.some((other) =>
-        newer.some((h) =>
-          h.worker === other.worker && h.token === other.token
-        ) &&
-        other.attempt! + TOLERANCE < write.attempt!
-      );
+      const newerWrote = earliestFrom[next] + TOLERANCE < write.attempt!;
       if (write.accepted === true && newerWrote) {
         stale.push(
           `worker ${write.worker} token ${write.token} accepted after a newer holder wrote`,

@@ -15,7 +15,8 @@ import { Redis } from "ioredis";
 import { Lock, LockLostError, NotAcquiredError, shutdown } from "../mod.ts";
 
 const [lockPort, storePort, name, worker, expire, hold] = Deno.args;
-const WRITES = 3;
+/** Writes per holding: one without a hold (a loop of short holdings). */
+const WRITES = Number(hold) > 0 ? 3 : 1;
 
 /**
  * The store's fencing check: a write is accepted unless a higher token has
@@ -93,7 +94,7 @@ while (!stopping.signal.aborted) {
     // The write may run long after `attempt` (the process paused in
     // between): a refusal is judged by when its answer came.
     emit({ type: "write", token, seq, attempt, answered: now(), accepted });
-    await delay(Number(hold) / WRITES);
+    if (Number(hold) > 0) await delay(Number(hold) / WRITES);
   }
   if (!lock.signal.aborted) {
     emit({ type: "release", token });

@@ -113,6 +113,39 @@ Deno.test("safety: SIGKILL of the holder", async () => {
   });
 });
 
+Deno.test("safety: holders that loop with short holds take turns; the looping holder killed", async () => {
+  await using env = await faultBed();
+  // Holds of a few ms, shorter than a holder's tenure: releases give turns.
+  const run = await env.start("turns", EXPIRE, 0);
+  await delay(RUN);
+  // Turns happened: one worker held the lock several times in a row, while
+  // the others were queued (in strict order, each holds once per cycle).
+  let streak = 1;
+  let longest = 1;
+  const holdings = run.acquisitions();
+  for (let i = 1; i < holdings.length; i++) {
+    streak = holdings[i].worker === holdings[i - 1].worker ? streak + 1 : 1;
+    longest = Math.max(longest, streak);
+  }
+  assert.ok(longest >= 2, `the longest run of one worker: ${longest}`);
+  const holder = await run.holding();
+  await run.kill(holder);
+  const killedAt = now();
+  await run.until(
+    () => run.acquisitions(killedAt).length > 0,
+    "the next holder",
+    EXPIRE + 1_000,
+  );
+  const waited = run.acquisitions(killedAt)[0].at - killedAt;
+  await delay(RUN);
+  await finish(env, run, "turns", killedAt, {
+    hold: 0,
+    note: `longest run ${longest}; next holder ${
+      Math.round(waited)
+    } ms after the kill; `,
+  });
+});
+
 Deno.test("safety: SIGSTOP of the holder past its expiry", async () => {
   await using env = await faultBed();
   const run = await env.start("paused");

@@ -116,6 +116,10 @@ Deno.test("every option with a wrong type or value is refused, naming it, with n
       "no",
       TypeError,
     ], [0, TypeError]]],
+    ["turns", (v) => new Lock(client, name, { turns: v as boolean }), [[
+      "no",
+      TypeError,
+    ], [0, TypeError]]],
     [
       "transport",
       (v) => new Lock(client, name, { transport: v as "poll" }),

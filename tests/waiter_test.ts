@@ -166,6 +166,72 @@ Deno.test("a release hands the lock to a waiter of its own process in its reply:
   }
 });
 
+Deno.test("a holder that loops keeps the lock for turns, waking no one, and hands it over within its tenure", async () => {
+  await using env = await bed();
+  const looper = new Lock(await env.client(), "turns", { expire: 30_000 });
+  const waiter = new Lock(await env.client(), "turns", { expire: 30_000 });
+  let most = 0;
+  for (let attempt = 0; attempt < 20 && most < 4; attempt++) {
+    const tokens: number[] = [];
+    let handed = false;
+    let waiting: Promise<void> | undefined;
+    let since = 0;
+    for (let i = 0; !handed; i++) {
+      if (!await looper.acquire({ timeout: 10_000 })) break;
+      tokens.push(looper.token);
+      if (handed) {
+        await looper.release();
+        break;
+      }
+      if (i === 3) {
+        // Starts waiting while the looper holds the lock.
+        waiting = waiter.acquire().then(async () => {
+          handed = true;
+          tokens.push(waiter.token);
+          await waiter.release();
+        });
+      }
+      if (i > 3) since++;
+      await looper.release();
+    }
+    await waiting;
+    most = Math.max(most, since);
+    for (let i = 1; i < tokens.length; i++) {
+      assert.ok(tokens[i] > tokens[i - 1], `tokens increase: ${tokens}`);
+    }
+  }
+  // Without turns, the release after the waiter queued hands it over: one
+  // or two more acquisitions at most. With them, the looper goes on for its
+  // tenure, a few ms (on a machine so loaded that one round trip takes
+  // that long, no attempt shows it).
+  assert.ok(most >= 4, `the looping holder took turns: ${most}`);
+});
+
+Deno.test("a holder's turn that no acquire takes goes to the next in line at once", async () => {
+  await using env = await bed();
+  const looper = new Lock(await env.client(), "unused", { expire: 30_000 });
+  const waiter = new Lock(await env.client(), "unused", { expire: 30_000 });
+  for (let attempt = 0; attempt < 20; attempt++) {
+    await looper.acquire();
+    await looper.release();
+    await looper.acquire();
+    const waiting = waiter.acquire({ timeout: 10_000 });
+    await queued({ raw: env.command }, "unused");
+    await looper.release();
+    const value = await env.raw.command("GET", "lock:unused");
+    const releasedAt = performance.now();
+    assert.equal(await waiting, true);
+    const waited = performance.now() - releasedAt;
+    await waiter.release();
+    // The tenure may have run out under load: then there was no turn.
+    if (!String(value).startsWith("turn:")) continue;
+    // Without the end of the turn, the mark would keep it TURN_LEASE ms.
+    assert.ok(waited < 200, `handed on after ${waited} ms`);
+    return;
+  }
+  assert.fail("no release gave a holder's turn");
+});
+
 Deno.test("a waiter that died while queued delays the lock by at most the hand-over expiry", async () => {
   await using env = await bed();
   const holder = await acquire(await env.client(), "died");

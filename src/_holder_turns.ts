@@ -1,0 +1,136 @@
+/**
+ * Holders' turns: a process that loops on a lock (acquires it again right
+ * after releasing it) keeps it for a short while, instead of waking a
+ * sleeping waiter of another process at every release, as Go's
+ * `sync.Mutex` lets a running goroutine take a mutex before a woken one.
+ * Fairness is kept over turns, not per acquisition.
+ *
+ * The invariant, kept by RELEASE (see `scripts.ts`): a release gives its
+ * process a turn only when waiters of other processes are queued and the
+ * process has held the lock for less than `HOLDER_TURN` ms since it came to
+ * it from another process or free (its tenure, measured from the token of
+ * that acquisition, which is the server's clock). During the turn the lock
+ * is set to the process's turn mark, for at most `TURN_LEASE` ms and never
+ * longer than the released holding had left: nobody holds it, no other
+ * process can take it, and only an acquire of this process takes it, with
+ * a fresh token and the tenure the turn started with. So no waiter waits
+ * longer than its queue position × (`HOLDER_TURN` + hold + hand-over).
+ *
+ * Ownership: this module owns the turns the process was given, one timer
+ * each. A turn ends exactly once: taken by an acquire of this process
+ * ({@linkcode HolderTurns.take}), or, when the task that released does not
+ * come back at once, ended by the timer, which hands the lock on as a
+ * release does (RESET of the mark). If that fails, the mark expires on its
+ * own and the waiters' next look finds the lock free.
+ *
+ * A process asks for a turn only when it loops: when the holding began
+ * right after a release of the same name by this process. A process that
+ * takes a lock once never delays the next waiter.
+ *
+ * @module
+ */
+
+import type { Connection } from "./clients.ts";
+
+/** Milliseconds within which an acquire after a release counts as looping. */
+const LOOPING = 5;
+
+/** Names remembered at most before old releases are forgotten. */
+const REMEMBERED = 64;
+
+const now = () => performance.now();
+
+/** A turn this process was given, until taken or ended. */
+interface Turn {
+  /** The tenure's start on the server's clock (ms). */
+  readonly tenure: number;
+  readonly timer: ReturnType<typeof setTimeout>;
+}
+
+/** The holders' turns of one application connection. */
+export class HolderTurns {
+  /** The lock's value during this process's turns. */
+  readonly mark: string = `turn:${
+    Array.from(
+      crypto.getRandomValues(new Uint8Array(12)),
+      (byte) => byte.toString(16).padStart(2, "0"),
+    ).join("")
+  }`;
+  /** When each name was last released by this process. */
+  readonly #released = new Map<string, number>();
+  readonly #turns = new Map<string, Turn>();
+
+  /** A holding of `name` ended in a release of this process. */
+  released(name: string): void {
+    const at = now();
+    if (this.#released.size >= REMEMBERED) {
+      for (const [other, when] of this.#released) {
+        if (at - when >= LOOPING) this.#released.delete(other);
+      }
+    }
+    this.#released.set(name, at);
+  }
+
+  /** Whether a holding of `name` beginning now comes right after a release. */
+  looping(name: string): boolean {
+    const when = this.#released.get(name);
+    return when !== undefined && now() - when < LOOPING;
+  }
+
+  /**
+   * RELEASE gave this process a turn on `name` (or, `takeable` false, may
+   * have: its reply was lost): unless an acquire of the process takes it
+   * first, `end` hands the lock on.
+   */
+  given(
+    name: string,
+    tenure: number,
+    end: () => Promise<unknown>,
+    takeable = true,
+  ): void {
+    this.take(name);
+    if (!takeable) {
+      end().catch(() => {
+        // The mark expires in at most TURN_LEASE ms.
+      });
+      return;
+    }
+    const timer = setTimeout(() => {
+      if (this.#turns.get(name)?.timer !== timer) return;
+      this.#turns.delete(name);
+      end().catch(() => {
+        // The mark expires in at most TURN_LEASE ms.
+      });
+    }, 0);
+    this.#turns.set(name, { tenure, timer });
+  }
+
+  /** Whether this process has a turn on `name`, not yet taken or ended. */
+  has(name: string): boolean {
+    return this.#turns.has(name);
+  }
+
+  /**
+   * Takes this process's turn on `name`, if it has one: the acquire sends
+   * the mark, and the holding keeps the turn's tenure.
+   */
+  take(name: string): number | undefined {
+    const turn = this.#turns.get(name);
+    if (turn === undefined) return undefined;
+    clearTimeout(turn.timer);
+    this.#turns.delete(name);
+    return turn.tenure;
+  }
+}
+
+const turnsByConnection = new WeakMap<Connection, HolderTurns>();
+
+/** The holders' turns of an application connection. */
+export function holderTurnsOf(connection: Connection): HolderTurns {
+  let turns = turnsByConnection.get(connection);
+  if (turns === undefined) {
+    turns = new HolderTurns();
+    turnsByConnection.set(connection, turns);
+  }
+  return turns;
+}
