@@ -5,16 +5,16 @@
  * `sync.Mutex` lets a running goroutine take a mutex before a woken one.
  * Fairness is kept over turns, not per acquisition.
  *
- * The invariant, kept by RELEASE (see `scripts.ts`): a release gives its
- * process a turn only when waiters of other processes are queued and the
- * process has held the lock for less than `HOLDER_TURN` ms since it came to
- * it from another process or free (its tenure, measured from the token of
- * that acquisition, which is the server's clock). During the turn the lock
- * is set to the process's turn mark, for at most `TURN_LEASE` ms and never
- * longer than the released holding had left: nobody holds it, no other
- * process can take it, and only an acquire of this process takes it, with
- * a fresh token and the tenure the turn started with. So no waiter waits
- * longer than its queue position × (`HOLDER_TURN` + hold + hand-over).
+ * The invariant, kept by RELEASE (see `scripts.ts`) and by `Lock.release`:
+ * a release gives its process a turn only when waiters of other processes
+ * are queued and the process has held the lock for less than `HOLDER_TURN`
+ * ms since it came to it from another process or free (its tenure, which
+ * the process measures from a time at or before the lock came to it, so
+ * never too short). During the turn the lock is set to the process's turn
+ * mark for at most `TURN_LEASE` ms: nobody holds it, no other process can
+ * take it, and only an acquire of this process takes it, with a fresh
+ * token and the tenure the turn started with. So no waiter waits longer
+ * than its queue position × (`HOLDER_TURN` + hold + hand-over).
  *
  * Ownership: this module owns the turns the process was given, one timer
  * each. A turn ends exactly once: taken by an acquire of this process
@@ -42,7 +42,7 @@ const now = () => performance.now();
 
 /** A turn this process was given, until taken or ended. */
 interface Turn {
-  /** The tenure's start on the server's clock (ms). */
+  /** The tenure's start (`performance.now()`). */
   readonly tenure: number;
   readonly timer: ReturnType<typeof setTimeout>;
 }

@@ -12,7 +12,7 @@ import {
   NotAcquiredError,
   NotExpirableError,
 } from "./errors.ts";
-import { type LockKeys, lockKeys } from "./keys.ts";
+import { HOLDER_TURN, type LockKeys, lockKeys } from "./keys.ts";
 import { type Keeping, Lease } from "./lease.ts";
 import {
   ACQUIRE_OPTIONS,
@@ -234,7 +234,10 @@ export class Lock implements AsyncDisposable {
    * holding asks for a holder's turn (see `_holder_turns.ts`).
    */
   #looping = false;
-  /** The holding's tenure: when it came to this process (server ms). */
+  /**
+   * The holding's tenure: `performance.now()` at or before which the lock
+   * came to this process (from another process, or free).
+   */
   #tenure = 0;
 
   /**
@@ -669,7 +672,7 @@ export class Lock implements AsyncDisposable {
     signal?: AbortSignal,
     tenure?: number,
   ): true | Promise<never> {
-    this.#tenure = tenure ?? Math.floor(acquisition.token / 1000);
+    this.#tenure = tenure ?? acquisition.since;
     if (signal?.aborted) {
       return this.#releaseQuietly().then(() => {
         throw signal.reason;
@@ -738,9 +741,10 @@ export class Lock implements AsyncDisposable {
     const turns = this.#keys.cluster
       ? undefined
       : holderTurnsOf(this.#connection);
-    const askTurn = here === undefined && turns !== undefined &&
-      lease !== undefined && !wasLost && this.#looping;
     const tenure = this.#tenure;
+    const askTurn = here === undefined && turns !== undefined &&
+      lease !== undefined && !wasLost && this.#looping &&
+      performance.now() - tenure < HOLDER_TURN;
     const sentAt = performance.now();
     // A release whose reply is lost (or that a re-sent run finds done) may
     // have left the turn's mark: it ends the turn at once.
@@ -754,7 +758,7 @@ export class Lock implements AsyncDisposable {
           this.#keys,
           this.#signalExpire,
           askTurn
-            ? [this.id, "", turns!.mark, String(tenure)]
+            ? [this.id, "", turns!.mark]
             : here === undefined
             ? [this.id]
             : [this.id, here.process],

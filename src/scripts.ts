@@ -34,7 +34,6 @@ import {
   ALIVE_PREFIX,
   ALIVE_TTL,
   HAND_OVER_EXPIRE,
-  HOLDER_TURN,
   type LockKeys,
   PUBSUB_MARK,
   QUEUE_TTL,
@@ -292,25 +291,21 @@ end
 
 /**
  * Statements by which a release gives its process a holder's turn (see
- * `_holder_turns.ts`): when ARGV[4] (the process's turn mark) is given,
- * others are queued, the holder's tenure began (ARGV[5], server ms) less
- * than `HOLDER_TURN` ms ago and no racers' turn is open, the lock is set
- * to the mark, for at most `TURN_LEASE` ms and no longer than the holding
- * had left, and the script returns 4.
+ * `_holder_turns.ts`): when ARGV[4] (the process's turn mark) is given (the
+ * caller asks only within its tenure), others are queued and no racers'
+ * turn is open, the lock is set to the mark for `TURN_LEASE` ms and the
+ * script returns 4.
  */
 const GIVE_TURN = `
 if ARGV[4] and ARGV[4] ~= '' and redis.call('llen', KEYS[3]) > 0 then
-  ${NOW_MS}
-  local held = nowMs - tonumber(ARGV[5])
   local racers = redis.call('get', KEYS[5])
-  if held >= 0 and held < ${HOLDER_TURN} and not (racers and string.sub(racers, 1, 1) == 'o') then
-    local pttl = redis.call('pttl', KEYS[1])
-    if pttl < 0 or pttl > ${TURN_LEASE} then
-      pttl = ${TURN_LEASE}
-    elseif pttl < 1 then
-      pttl = 1
-    end
-    redis.call('set', KEYS[1], ARGV[4], 'PX', pttl)
+  local open = false
+  if racers and string.sub(racers, 1, 1) == 'o' then
+    ${NOW_MS}
+    open = tonumber(string.sub(racers, 2)) > nowMs
+  end
+  if not open then
+    redis.call('set', KEYS[1], ARGV[4], 'PX', ${TURN_LEASE})
     return 4
   end
 end
@@ -447,9 +442,8 @@ export const C_ACQUIRE: string = acquireSource(true);
 /**
  * KEYS: lock, signal, queue, fence, turn (and the liveness hash on a
  * Cluster). ARGV: signal expiry, id, and on one server the caller's waiting
- * process ("" or absent if none), the caller's turn mark and the holder's
- * tenure (server ms) when it asks for a holder's turn ("" or absent if
- * not).
+ * process ("" or absent if none), the caller's turn mark when it asks for
+ * a holder's turn ("" or absent if not).
  * If this id holds the lock, lets it go: to the caller's process for a
  * holder's turn, to the first queued waiter alive, to racers for their
  * turn, or else deletes it and leaves one wake-up in the signal list
