@@ -39,6 +39,20 @@ export const implementations: Record<
       return () => lock.release();
     };
   },
+  "@x/redis-lock turns: false": (redis, name) => {
+    const lock = new Lock(redis, name, { expire: EXPIRE, turns: false });
+    return async () => {
+      await lock.acquire();
+      return () => lock.release();
+    };
+  },
+  "@x/redis-lock pythonPeers: false": (redis, name) => {
+    const lock = new Lock(redis, name, { expire: EXPIRE, pythonPeers: false });
+    return async () => {
+      await lock.acquire();
+      return () => lock.release();
+    };
+  },
   "@x/redis-lock fair: false": (redis, name) => {
     const lock = new Lock(redis, name, { expire: EXPIRE, fair: false });
     return async () => {

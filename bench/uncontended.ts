@@ -23,6 +23,7 @@ const deleteSha = await redis.script(
 ) as string;
 const blocking = new Lock(redis, "blocking", { expire: 10_000 });
 const nonBlocking = new Lock(redis, "non-blocking", { expire: 10_000 });
+const alone = new Lock(redis, "alone", { expire: 10_000, pythonPeers: false });
 
 const cases: Record<string, () => Promise<unknown>> = {
   "raw floor: SET NX PX + EVALSHA delete": async () => {
@@ -36,6 +37,10 @@ const cases: Record<string, () => Promise<unknown>> = {
   "lock.acquire({ blocking: false }) + lock.release()": async () => {
     await nonBlocking.acquire({ blocking: false });
     await nonBlocking.release();
+  },
+  "the same with pythonPeers: false": async () => {
+    await alone.acquire();
+    await alone.release();
   },
 };
 

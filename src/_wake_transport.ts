@@ -63,6 +63,8 @@ export abstract class WakeTransport {
   protected readonly wakeKey: string;
   protected closed = false;
   #loop: Promise<void> | undefined;
+  /** Whether the loop ended on a failure for good: only a pump restarts it. */
+  #failedForGood = false;
 
   /**
    * @param connection The connection the pops go on.
@@ -104,7 +106,14 @@ export abstract class WakeTransport {
 
   /** Starts the loop; it must not be running. */
   protected start(): void {
-    this.#loop = this.run().finally(() => this.#loop = undefined);
+    this.#failedForGood = false;
+    this.#loop = this.run().finally(() => {
+      this.#loop = undefined;
+      // A pump between the loop's last look at the wanted keys and its end
+      // found it running and did nothing: the keys wanted now are covered
+      // by a new loop (unless it ended on a failure for good).
+      if (!this.closed && !this.#failedForGood) this.pump();
+    });
   }
 
   /** Resolves once the loop has ended. */
@@ -136,6 +145,7 @@ export abstract class WakeTransport {
   protected stops(error: unknown): boolean {
     if (this.closed) return true;
     if (classify(error) !== "permanent") return false;
+    this.#failedForGood = true;
     this.owner.failed(error);
     return true;
   }

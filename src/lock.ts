@@ -32,13 +32,17 @@ import {
   C_ACQUIRE,
   C_CANCEL,
   C_RELEASE,
+  C_RELEASE_ALONE,
   C_RESET,
+  C_RESET_ALONE,
   CLAIM,
   EXTEND,
   KEEP,
   RELEASE,
+  RELEASE_ALONE,
   RENEW,
   RESET,
+  RESET_ALONE,
   Script,
 } from "./scripts.ts";
 import {
@@ -77,12 +81,18 @@ function variants(one: string, cluster: string): (keys: LockKeys) => Script {
 }
 
 const acquireScript = variants(ACQUIRE, C_ACQUIRE);
-const releaseScript = variants(RELEASE, C_RELEASE);
+const releaseScripts = [
+  variants(RELEASE_ALONE, C_RELEASE_ALONE),
+  variants(RELEASE, C_RELEASE),
+];
 const cancelOnClusterScript = new Script(C_CANCEL, (keys) => keys.all);
 const extendScript = new Script(EXTEND, (keys) => keys.onlyLock);
 const keepScript = new Script(KEEP, (keys) => keys.onlyLock);
 const renewScript = new Script(RENEW, (keys) => keys.onlyLock);
-const resetScript = variants(RESET, C_RESET);
+const resetScripts = [
+  variants(RESET_ALONE, C_RESET_ALONE),
+  variants(RESET, C_RESET),
+];
 const claimScript = new Script(CLAIM, (keys) => keys.forClaim);
 
 /** 18 random bytes in base64, as python-redis-lock makes its ids. */
@@ -131,16 +141,17 @@ function attempt<T>(
  * so that a reset that a client runs twice (re-sent after a lost reply) does
  * not take the lock from the waiter the first run handed it to; if the
  * holder changes in between, it is read again. Resolves whether there was a
- * lock.
+ * lock. `pythonPeers` false: no wake-up is left for Python.
  */
 export async function resetLock(
   connection: Connection,
   keys: LockKeys,
   signalExpire: number,
+  pythonPeers = true,
 ): Promise<boolean> {
   for (let attempt = 0;; attempt++) {
     const holder = await connection.send("GET", [keys.lock]);
-    const [status] = await resetScript(keys).handOver(
+    const [status] = await resetScripts[+pythonPeers](keys).handOver(
       connection,
       keys,
       signalExpire,
@@ -215,6 +226,7 @@ export class Lock implements AsyncDisposable {
   readonly #signalExpire: number;
   readonly #fair: boolean;
   readonly #turns: boolean;
+  readonly #pythonPeers: boolean;
   readonly #transport: Transport | undefined;
   readonly #pollInterval: number;
   /** Behind `lock.signal`; made when first read. */
@@ -263,6 +275,7 @@ export class Lock implements AsyncDisposable {
     this.#signalExpire = valid.signalExpire;
     this.#fair = valid.fair;
     this.#turns = valid.turns;
+    this.#pythonPeers = valid.pythonPeers;
     this.#transport = valid.transport;
     this.#pollInterval = valid.pollInterval;
     this.#checkTransport();
@@ -699,7 +712,7 @@ export class Lock implements AsyncDisposable {
   async #releaseQuietly(): Promise<void> {
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
-        await releaseScript(this.#keys).handOver(
+        await releaseScripts[+this.#pythonPeers](this.#keys).handOver(
           this.#connection,
           this.#keys,
           this.#signalExpire,
@@ -753,7 +766,7 @@ export class Lock implements AsyncDisposable {
       "release",
       this.name,
       () =>
-        releaseScript(this.#keys).handOver(
+        releaseScripts[+this.#pythonPeers](this.#keys).handOver(
           this.#connection,
           this.#keys,
           this.#signalExpire,
@@ -793,7 +806,7 @@ export class Lock implements AsyncDisposable {
    * still set to the turn's mark, is let go as a release does.
    */
   #endTurn(mark: string): Promise<unknown> {
-    return resetScript(this.#keys).handOver(
+    return resetScripts[+this.#pythonPeers](this.#keys).handOver(
       this.#connection,
       this.#keys,
       this.#signalExpire,
@@ -921,7 +934,13 @@ export class Lock implements AsyncDisposable {
     await attempt(
       "reset",
       this.name,
-      () => resetLock(this.#connection, this.#keys, this.#signalExpire),
+      () =>
+        resetLock(
+          this.#connection,
+          this.#keys,
+          this.#signalExpire,
+          this.#pythonPeers,
+        ),
     );
   }
 

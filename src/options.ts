@@ -98,6 +98,16 @@ export interface LockOptions {
    */
   turns?: boolean;
   /**
+   * Whether Python processes (python-redis-lock) or `fair: false` waiters
+   * may use the lock. With `false`, a release, reset or holder's turn of
+   * this lock leaves no wake-up in the signal list and gives racers no
+   * turn: three commands fewer per release. Every process on the lock must
+   * then agree; `fair: false` needs `true`.
+   *
+   * @default {true}
+   */
+  pythonPeers?: boolean;
+  /**
    * How a waiter hears that the lock is handed to it or free: see
    * {@linkcode Transport}. Waiters of one client that use one transport
    * share it.
@@ -154,6 +164,7 @@ export interface ValidLockOptions {
   signalExpire: number;
   fair: boolean;
   turns: boolean;
+  pythonPeers: boolean;
   transport: Transport | undefined;
   pollInterval: number;
 }
@@ -248,6 +259,7 @@ export const LOCK_OPTIONS = [
   "signalExpire",
   "fair",
   "turns",
+  "pythonPeers",
   "transport",
   "pollInterval",
 ] as const;
@@ -283,6 +295,7 @@ export function validateLockOptions(
     signalExpire = 1000,
     fair = true,
     turns = true,
+    pythonPeers = true,
     transport,
     pollInterval = 100,
   } = optionsObject(action, options, known) as LockOptions;
@@ -312,6 +325,21 @@ export function validateLockOptions(
   if (typeof turns !== "boolean") {
     throw new TypeError(invalid(action, "turns", "must be a boolean", turns));
   }
+  if (typeof pythonPeers !== "boolean") {
+    throw new TypeError(
+      invalid(action, "pythonPeers", "must be a boolean", pythonPeers),
+    );
+  }
+  if (!pythonPeers && !fair) {
+    throw new TypeError(
+      invalid(
+        action,
+        "pythonPeers",
+        "must be true with 'fair: false', whose waiters wait for Python's wake-ups",
+        pythonPeers,
+      ),
+    );
+  }
   if (transport !== undefined && !TRANSPORTS.includes(transport)) {
     throw new TypeError(
       invalid(
@@ -330,6 +358,7 @@ export function validateLockOptions(
     signalExpire,
     fair,
     turns,
+    pythonPeers,
     transport,
     pollInterval,
   };

@@ -215,8 +215,11 @@ end
  * On a Cluster (KEYS[6]: the lock's liveness hash) there are no racers'
  * turns, and a lock freed with nobody alive queued is announced on the
  * sharded channel named as the signal list, with an empty message.
+ *
+ * Without `python` (no Python process nor racer on the lock) there are no
+ * racers' turns and no wake-up is left in the signal list.
  */
-function letGo(cluster = false, self = "false"): string {
+function letGo(cluster = false, self = "false", python = true): string {
   if (cluster) {
     return `
 local opened = false
@@ -226,9 +229,23 @@ if redis.call('llen', KEYS[3]) > 0 then
   handed = entry and true or false
 end
 if not handed then
-  ${SIGNAL}
+  ${python ? SIGNAL : ""}
   redis.call('del', KEYS[1])
   redis.pcall('spublish', KEYS[2], '')
+end
+`;
+  }
+  if (!python) {
+    return `
+local opened = false
+local handed, handedHere = false, false
+if redis.call('llen', KEYS[3]) > 0 then
+  ${handOver(false, self)}
+  handed = entry and true or false
+  if here then handedHere = {ticket, handedToken} end
+end
+if not handed then
+  redis.call('del', KEYS[1])
 end
 `;
   }
@@ -294,22 +311,27 @@ end
  * `_holder_turns.ts`): when ARGV[4] (the process's turn mark) is given (the
  * caller asks only within its tenure), others are queued and no racers'
  * turn is open, the lock is set to the mark for `TURN_LEASE` ms and the
- * script returns 4.
+ * script returns 4. (Without `python`, there are no racers' turns.)
  */
-const GIVE_TURN = `
-if ARGV[4] and ARGV[4] ~= '' and redis.call('llen', KEYS[3]) > 0 then
+function giveTurn(python: boolean): string {
+  const racersOpen = python
+    ? `
   local racers = redis.call('get', KEYS[5])
-  local open = false
   if racers and string.sub(racers, 1, 1) == 'o' then
     ${NOW_MS}
     open = tonumber(string.sub(racers, 2)) > nowMs
-  end
+  end`
+    : "";
+  return `
+if ARGV[4] and ARGV[4] ~= '' and redis.call('llen', KEYS[3]) > 0 then
+  local open = false${racersOpen}
   if not open then
     redis.call('set', KEYS[1], ARGV[4], 'PX', ${TURN_LEASE})
     return 4
   end
 end
 `;
+}
 
 /**
  * Marks the caller's process alive (ACQUIRE's ARGV[3] is `<process>|…`).
@@ -452,13 +474,17 @@ export const C_ACQUIRE: string = acquireSource(true);
  * not hold the lock, `{3, ticket, token}` when handed to a waiter of the
  * caller's process (with the waiter's own expiry; no wake-up pushed).
  */
-function releaseSource(cluster: boolean): string {
+function releaseSource(cluster: boolean, python = true): string {
   return `
 ${EFFECTS}
 if redis.call('get', KEYS[1]) ~= ARGV[2] then
   return 1
 end
-${cluster ? letGo(true) : GIVE_TURN + letGo(false, "ARGV[3]")}
+${
+    cluster
+      ? letGo(true, "false", python)
+      : giveTurn(python) + letGo(false, "ARGV[3]", python)
+  }
 ${
     cluster
       ? ""
@@ -474,6 +500,12 @@ export const RELEASE: string = releaseSource(false);
 
 /** RELEASE on a Cluster. */
 export const C_RELEASE: string = releaseSource(true);
+
+/** RELEASE for `pythonPeers: false`: no wake-up for Python, no racers. */
+export const RELEASE_ALONE: string = releaseSource(false, false);
+
+/** RELEASE on a Cluster for `pythonPeers: false`. */
+export const C_RELEASE_ALONE: string = releaseSource(true, false);
 
 /**
  * KEYS: lock. ARGV: id, expire ms.
@@ -549,14 +581,14 @@ return {0, token}
  * `{1}` when a lock was deleted, `{0}` when there was none, `{2}` when the
  * holder is no longer the one read.
  */
-function resetSource(cluster: boolean): string {
+function resetSource(cluster: boolean, python = true): string {
   return `
 ${EFFECTS}
 local holder = redis.call('get', KEYS[1])
 if (holder or '') ~= ARGV[2] then
   return {2}
 end
-${letGo(cluster)}
+${letGo(cluster, "false", python)}
 if holder then return {1} end
 return {0}
 `;
@@ -567,6 +599,12 @@ export const RESET: string = resetSource(false);
 
 /** RESET on a Cluster. */
 export const C_RESET: string = resetSource(true);
+
+/** RESET for `pythonPeers: false`. */
+export const RESET_ALONE: string = resetSource(false, false);
+
+/** RESET on a Cluster for `pythonPeers: false`. */
+export const C_RESET_ALONE: string = resetSource(true, false);
 
 /**
  * KEYS: lock, signal, queue, fence, turn. ARGV: signal expiry, process of

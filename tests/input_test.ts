@@ -116,6 +116,16 @@ Deno.test("every option with a wrong type or value is refused, naming it, with n
       "no",
       TypeError,
     ], [0, TypeError]]],
+    [
+      "pythonPeers",
+      (v) => new Lock(client, name, { pythonPeers: v as boolean }),
+      [["no", TypeError], [0, TypeError]],
+    ],
+    [
+      "pythonPeers",
+      (v) => new Lock(client, name, { pythonPeers: v as boolean, fair: false }),
+      [[false, TypeError]],
+    ],
     ["turns", (v) => new Lock(client, name, { turns: v as boolean }), [[
       "no",
       TypeError,

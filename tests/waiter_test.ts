@@ -232,6 +232,46 @@ Deno.test("a holder's turn that no acquire takes goes to the next in line at onc
   assert.fail("no release gave a holder's turn");
 });
 
+Deno.test("pythonPeers: false leaves no wake-up in the signal list, and still hands the lock over", async () => {
+  await using env = await bed();
+  const options = { expire: 30_000, pythonPeers: false };
+  const holder = new Lock(await env.client(), "alone", options);
+  const waiter = new Lock(await env.client(), "alone", options);
+  await holder.acquire();
+  await env.raw.command("CONFIG", "RESETSTAT");
+  await holder.release();
+  assert.equal(await env.raw.command("EXISTS", "lock-signal:alone"), 0);
+  const calls = await commandCalls(env.raw);
+  assert.equal(calls.get("lpush") ?? 0, 0, "no wake-up pushed");
+  await holder.acquire();
+  const waiting = waiter.acquire({ timeout: 10_000 });
+  await queued({ raw: env.command }, "alone");
+  await holder.release();
+  assert.equal(await waiting, true);
+  assert.ok(waiter.token > holder.token);
+  await waiter.reset();
+  assert.equal(await env.raw.command("EXISTS", "lock-signal:alone"), 0);
+  assert.equal(await env.raw.command("EXISTS", "lock:alone"), 0);
+});
+
+Deno.test("racers (fair: false) of one process get the lock at once after a release of their process", async () => {
+  await using env = await bed();
+  const client = await env.client();
+  const started = performance.now();
+  await Promise.all(Array.from({ length: 4 }, async () => {
+    const lock = new Lock(client, "racers", { fair: false });
+    for (let i = 0; i < 25; i++) {
+      assert.equal(await lock.acquire({ timeout: 30_000 }), true);
+      await lock.release();
+    }
+  }));
+  const took = performance.now() - started;
+  // A racer left to the waiter's tick (1 s) would take about that long for
+  // each of many of the 100 acquisitions.
+  assert.ok(took < 5_000, `100 acquisitions took ${Math.round(took)} ms`);
+  await shutdown(client);
+});
+
 Deno.test("a waiter that died while queued delays the lock by at most the hand-over expiry", async () => {
   await using env = await bed();
   const holder = await acquire(await env.client(), "died");
