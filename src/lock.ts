@@ -247,8 +247,9 @@ export class Lock implements AsyncDisposable {
    */
   #looping = false;
   /**
-   * The holding's tenure: `performance.now()` at or before which the lock
-   * came to this process (from another process, or free).
+   * The holding's tenure: `performance.now()` when the lock came to this
+   * process (from another process, or free): at or before it when taken
+   * free, just after the hand-over reached the process when handed over.
    */
   #tenure = 0;
 
@@ -454,7 +455,9 @@ export class Lock implements AsyncDisposable {
       // The waiter claims a hand-over that sat long; only a process stalled
       // right after that finds its holding already over: it lets go.
       if (initial === undefined || performance.now() - since < initial) {
-        return this.#take(acquisition, signal);
+        // Its tenure counts from now: the hand-over reached the process
+        // just before (`since` may go back to when the wait began).
+        return this.#take(acquisition, signal, performance.now());
       }
       await this.#releaseQuietly();
     }
