@@ -152,6 +152,12 @@ function randomId(): string {
   return btoa(String.fromCharCode(...bytes));
 }
 
+/** What a let-go did: on how many masters it released, which failed. */
+interface LetGo {
+  readonly released: number;
+  readonly failed: readonly { index: number; error: unknown }[];
+}
+
 /** A master that took longer than `masterTimeout`. */
 class MasterTimeout extends Error {
   constructor(ms: number) {
@@ -677,9 +683,9 @@ export class RedlockLock implements AsyncDisposable {
    * Deletes the lock with this id on every master; how many had it. A
    * `quiet` let-go (after a failed attempt) leaves no wake-up.
    */
-  async #letGo(quiet = false): Promise<number> {
+  async #letGo(quiet = false): Promise<LetGo> {
     const { masters, masterTimeout } = this.#redlock;
-    const released = await Promise.all(masters.map(({ connection }) =>
+    const answers = await Promise.all(masters.map(({ connection }) =>
       within(
         // A late let-go still cleans up: no `gaveUp` here.
         () =>
@@ -689,9 +695,14 @@ export class RedlockLock implements AsyncDisposable {
             [String(this.#signalExpire), this.id, quiet ? "1" : ""],
           ),
         masterTimeout,
-      ).then((reply) => reply === 1, () => false)
+      ).then((reply) => reply === 1, (error: unknown) => ({ error }))
     ));
-    return released.filter(Boolean).length;
+    return {
+      released: answers.filter((answer) => answer === true).length,
+      failed: answers.flatMap((answer, index) =>
+        typeof answer === "object" ? [{ index, error: answer.error }] : []
+      ),
+    };
   }
 
   #hold(token: number, deadline: number): void {
@@ -778,15 +789,27 @@ export class RedlockLock implements AsyncDisposable {
   /**
    * Releases the lock on every master and wakes a waiter on each.
    *
-   * @throws {NotAcquiredError} When no master held it with this id.
+   * @throws {NotAcquiredError} When every master answered that it did not
+   * hold it with this id.
+   * @throws {LockError} When no master released it and some failed (their
+   * errors in `cause`): the release may still run there.
    */
   async release(): Promise<void> {
     this.#holding?.end(new LockError(`Lock '${this.name}' was released`));
-    if (await this.#letGo() === 0) {
-      throw new NotAcquiredError(
-        `Lock '${this.name}' is not acquired with id '${this.id}' on any master, or it expired`,
+    const { released, failed } = await this.#letGo();
+    if (released > 0) return;
+    if (failed.length > 0) {
+      // Unanswered is not unheld: the let-go may still run there.
+      throw new LockError(
+        `Cannot release lock '${this.name}': ${failed.length} of ${this.#redlock.masters.length} masters failed (${
+          describe(failed.map(({ index }) => index))
+        }) and no other held it`,
+        { cause: new AggregateError(failed.map(({ error }) => error)) },
       );
     }
+    throw new NotAcquiredError(
+      `Lock '${this.name}' is not acquired with id '${this.id}' on any master, or it expired`,
+    );
   }
 
   /** Whether a quorum of masters holds the lock, with any id. */

@@ -151,14 +151,16 @@ Deno.test("Redlock: shutdown() of a master's client ends a waiting acquire, leav
     const waiting = new Redlock(clients).lock("ended").acquire({
       timeout: 20_000,
     });
-    await delay(300);
-    const started = performance.now();
-    await shutdown(clients[2]);
-    await assert.rejects(
+    // Handled from the start: it may reject while shutdown() is on its way.
+    const rejected = assert.rejects(
       waiting,
       (error: Error) =>
         error instanceof LockError && /shut down/.test(error.message),
     );
+    await delay(300);
+    const started = performance.now();
+    await shutdown(clients[2]);
+    await rejected;
     assert.ok(performance.now() - started < 1_000);
     assert.deepEqual(await env.values("ended"), Array(5).fill(holder.id));
     await holder.release();
@@ -229,6 +231,29 @@ Deno.test("Redlock: a paused master does not hold an acquisition up", async () =
   // The paused master ran the acquire late: the release removed it too.
   await delay(100);
   assert.deepEqual(await env.values("paused"), Array(5).fill(null));
+});
+
+Deno.test("Redlock: a release that no master answers in time is a LockError, not NotAcquired", async () => {
+  await using env = await masters(3, { masterTimeout: 50 });
+  const lock = env.redlock.lock("unanswered", { expire: 10_000 });
+  await lock.acquire();
+  const raws = await Promise.all(
+    env.servers.map((server) => RespClient.connect(server.port)),
+  );
+  const sleeping = raws.map((raw) => raw.command("DEBUG", "SLEEP", "0.5"));
+  await delay(50);
+  await assert.rejects(
+    lock.release(),
+    (error: Error) =>
+      error instanceof LockError && !(error instanceof NotAcquiredError) &&
+      /3 of 3 masters failed/.test(error.message) &&
+      error.cause instanceof AggregateError,
+  );
+  await Promise.all(sleeping);
+  for (const raw of raws) await raw.close();
+  // The let-go ran late on every master: nothing stays.
+  await delay(100);
+  assert.deepEqual(await env.values("unanswered"), Array(3).fill(null));
 });
 
 Deno.test("Redlock: masters that restarted empty abstain for the lock's expiry", async () => {
