@@ -17,7 +17,12 @@
 import { Redis } from "ioredis";
 import Redlock from "redlock";
 import { Mutex } from "redis-semaphore";
-import { Lock, Redlock as OurRedlock, shutdown } from "../mod.ts";
+import {
+  Lock,
+  type LockOptions,
+  Redlock as OurRedlock,
+  shutdown,
+} from "../mod.ts";
 
 /** One implementation: resolves once acquired; the result releases. */
 export type Acquire = () => Promise<() => Promise<unknown>>;
@@ -27,39 +32,26 @@ const EXPIRE = 10_000;
 
 const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** This library's `Lock` with `options` (and the benchmark's expiry). */
+function ours(options: LockOptions): (redis: Redis, name: string) => Acquire {
+  return (redis, name) => {
+    const lock = new Lock(redis, name, { ...options, expire: EXPIRE });
+    return async () => {
+      await lock.acquire();
+      return () => lock.release();
+    };
+  };
+}
+
 /** The implementations compared, by the names the harness passes. */
 export const implementations: Record<
   string,
   (redis: Redis, name: string, masters: Redis[]) => Acquire
 > = {
-  "@x/redis-lock": (redis, name) => {
-    const lock = new Lock(redis, name, { expire: EXPIRE });
-    return async () => {
-      await lock.acquire();
-      return () => lock.release();
-    };
-  },
-  "@x/redis-lock turns: false": (redis, name) => {
-    const lock = new Lock(redis, name, { expire: EXPIRE, turns: false });
-    return async () => {
-      await lock.acquire();
-      return () => lock.release();
-    };
-  },
-  "@x/redis-lock pythonPeers: false": (redis, name) => {
-    const lock = new Lock(redis, name, { expire: EXPIRE, pythonPeers: false });
-    return async () => {
-      await lock.acquire();
-      return () => lock.release();
-    };
-  },
-  "@x/redis-lock fair: false": (redis, name) => {
-    const lock = new Lock(redis, name, { expire: EXPIRE, fair: false });
-    return async () => {
-      await lock.acquire();
-      return () => lock.release();
-    };
-  },
+  "@x/redis-lock": ours({}),
+  "@x/redis-lock turns: false": ours({ turns: false }),
+  "@x/redis-lock pythonPeers: false": ours({ pythonPeers: false }),
+  "@x/redis-lock fair: false": ours({ fair: false }),
   "redlock (defaults)": (redis, name) => {
     const redlock = new Redlock([redis]);
     return retrying(async () => {

@@ -45,6 +45,8 @@ interface Turn {
   /** The tenure's start (`performance.now()`). */
   readonly tenure: number;
   readonly timer: ReturnType<typeof setTimeout>;
+  /** Hands the lock on (RESET of the mark). */
+  readonly end: () => Promise<unknown>;
 }
 
 /** The holders' turns of one application connection. */
@@ -102,7 +104,7 @@ export class HolderTurns {
         // The mark expires in at most TURN_LEASE ms.
       });
     }, 0);
-    this.#turns.set(name, { tenure, timer });
+    this.#turns.set(name, { tenure, timer, end });
   }
 
   /** Whether this process has a turn on `name`, not yet taken or ended. */
@@ -120,6 +122,18 @@ export class HolderTurns {
     clearTimeout(turn.timer);
     this.#turns.delete(name);
     return turn.tenure;
+  }
+
+  /** Ends every turn not yet taken or ended (a shutdown): resolves after. */
+  async endAll(): Promise<void> {
+    const turns = [...this.#turns.values()];
+    this.#turns.clear();
+    await Promise.all(turns.map(({ timer, end }) => {
+      clearTimeout(timer);
+      return end().catch(() => {
+        // The mark expires in at most TURN_LEASE ms.
+      });
+    }));
   }
 }
 

@@ -22,6 +22,7 @@
  * @module
  */
 
+import { holderTurnsOf } from "./_holder_turns.ts";
 import { type Connection, type RedisClient, toConnection } from "./clients.ts";
 import { LockError } from "./errors.ts";
 import {
@@ -533,10 +534,11 @@ export async function shutdownWaiter(connection: Connection): Promise<void> {
 /**
  * Stops this library's waiting on `client`: every pending `acquire()` on it
  * rejects with a {@linkcode LockError}, its place in the lock queues in Redis
- * is given up, and the waiting connections close. Held locks are not
- * touched. Without it, the waiting connections close by themselves about a
- * second after the last wait; call it when shutting down, or in tests that
- * check for leaked sockets. A later wait opens new connections.
+ * is given up, and the waiting connections close; a holder's turn of the
+ * client not yet taken is handed on. Held locks are not touched. Without
+ * it, the waiting connections close by themselves about a second after the
+ * last wait; call it when shutting down, or in tests that check for leaked
+ * sockets. A later wait opens new connections.
  *
  * @param client The application's client, as given to {@linkcode Lock}.
  *
@@ -553,5 +555,6 @@ export async function shutdown(client: RedisClient): Promise<void> {
   await Promise.all([
     shutdownWaiter(connection),
     shutdownClusterWaits(connection),
+    holderTurnsOf(connection).endAll(),
   ]);
 }

@@ -86,6 +86,25 @@ async function finish(
   await nothingLeft(env.raw(), name);
 }
 
+/**
+ * SIGKILLs the holder; resolves when and how long after another worker
+ * acquired (within the expiry and a second).
+ */
+async function killHolder(
+  run: SafetyRun,
+): Promise<{ killedAt: number; waited: number }> {
+  await run.kill(await run.holding());
+  const killedAt = now();
+  await run.until(
+    () => run.acquisitions(killedAt).length > 0,
+    "the next holder",
+    EXPIRE + 1_000,
+  );
+  const waited = run.acquisitions(killedAt)[0].at - killedAt;
+  assert.ok(waited <= EXPIRE + 1_000, `next holder after ${waited} ms`);
+  return { killedAt, waited };
+}
+
 Deno.test("safety: no faults", async () => {
   await using env = await faultBed();
   const run = await env.start("calm");
@@ -97,16 +116,7 @@ Deno.test("safety: no faults", async () => {
 Deno.test("safety: SIGKILL of the holder", async () => {
   await using env = await faultBed();
   const run = await env.start("killed");
-  const holder = await run.holding();
-  await run.kill(holder);
-  const killedAt = now();
-  await run.until(
-    () => run.acquisitions(killedAt).length > 0,
-    "the next holder",
-    EXPIRE + 1_000,
-  );
-  const waited = run.acquisitions(killedAt)[0].at - killedAt;
-  assert.ok(waited <= EXPIRE + 1_000, `next holder after ${waited} ms`);
+  const { killedAt, waited } = await killHolder(run);
   await delay(RUN);
   await finish(env, run, "killed", killedAt, {
     note: `next holder ${Math.round(waited)} ms after the kill; `,
@@ -128,15 +138,7 @@ Deno.test("safety: holders that loop with short holds take turns; the looping ho
     longest = Math.max(longest, streak);
   }
   assert.ok(longest >= 2, `the longest run of one worker: ${longest}`);
-  const holder = await run.holding();
-  await run.kill(holder);
-  const killedAt = now();
-  await run.until(
-    () => run.acquisitions(killedAt).length > 0,
-    "the next holder",
-    EXPIRE + 1_000,
-  );
-  const waited = run.acquisitions(killedAt)[0].at - killedAt;
+  const { killedAt, waited } = await killHolder(run);
   await delay(RUN);
   await finish(env, run, "turns", killedAt, {
     hold: 0,

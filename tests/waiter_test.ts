@@ -254,6 +254,31 @@ Deno.test("pythonPeers: false leaves no wake-up in the signal list, and still ha
   assert.equal(await env.raw.command("EXISTS", "lock:alone"), 0);
 });
 
+Deno.test("shutdown() hands on a holder's turn not yet taken, before the client closes", async () => {
+  await using env = await bed();
+  const looperClient = await env.client();
+  const looper = new Lock(looperClient, "closing", { expire: 30_000 });
+  const waiter = new Lock(await env.client(), "closing", { expire: 30_000 });
+  for (let attempt = 0; attempt < 20; attempt++) {
+    await looper.acquire();
+    await looper.release();
+    await looper.acquire();
+    const waiting = waiter.acquire({ timeout: 10_000 });
+    await queued({ raw: env.command }, "closing");
+    await looper.release();
+    // At once: no timer has run since the release.
+    await shutdown(looperClient);
+    const value = await env.raw.command("GET", "lock:closing");
+    assert.equal(await waiting, true);
+    await waiter.release();
+    if (String(value) === waiter.id) return;
+    // The tenure may have run out under load: then there was no turn, and
+    // the release itself handed over.
+    assert.ok(!String(value).startsWith("turn:"), `the mark stayed: ${value}`);
+  }
+  assert.fail("no release gave a holder's turn");
+});
+
 Deno.test("racers (fair: false) of one process get the lock at once after a release of their process", async () => {
   await using env = await bed();
   const client = await env.client();
