@@ -9,8 +9,10 @@
  * a release gives its process a turn only when waiters of other processes
  * are queued and the process has held the lock for less than `HOLDER_TURN`
  * ms since it came to it from another process or free (its tenure, which
- * the process measures from a time at or before the lock came to it, so
- * never too short). During the turn the lock is set to the process's turn
+ * the process measures from when it sent the try that took a free lock, or
+ * from when a hand-over reached it: a process stalled between a hand-over
+ * and hearing of it may get up to `HOLDER_TURN` ms of turns more, and a
+ * waiter then waits that much longer). During the turn the lock is set to the process's turn
  * mark for at most `TURN_LEASE` ms: nobody holds it, no other process can
  * take it, and only an acquire of this process takes it, with a fresh
  * token and the tenure the turn started with. So no waiter waits longer
@@ -21,7 +23,8 @@
  * ({@linkcode HolderTurns.take}), or, when the task that released does not
  * come back at once, ended by the timer, which hands the lock on as a
  * release does (RESET of the mark). If that fails, the mark expires on its
- * own and the waiters' next look finds the lock free.
+ * own and the waiters' next look finds the lock free. Ends on their way are
+ * tracked until they settle, so that `shutdown()` waits for them.
  *
  * A process asks for a turn only when it loops: when the holding began
  * right after a release of the same name by this process. A process that
@@ -61,6 +64,8 @@ export class HolderTurns {
   /** When each name was last released by this process. */
   readonly #released = new Map<string, number>();
   readonly #turns = new Map<string, Turn>();
+  /** Ends sent and not yet answered. */
+  readonly #ending = new Set<Promise<void>>();
 
   /** A holding of `name` ended in a release of this process. */
   released(name: string): void {
@@ -92,17 +97,13 @@ export class HolderTurns {
   ): void {
     this.take(name);
     if (!takeable) {
-      end().catch(() => {
-        // The mark expires in at most TURN_LEASE ms.
-      });
+      this.#end(end);
       return;
     }
     const timer = setTimeout(() => {
       if (this.#turns.get(name)?.timer !== timer) return;
       this.#turns.delete(name);
-      end().catch(() => {
-        // The mark expires in at most TURN_LEASE ms.
-      });
+      this.#end(end);
     }, 0);
     this.#turns.set(name, { tenure, timer, end });
   }
@@ -124,16 +125,30 @@ export class HolderTurns {
     return turn.tenure;
   }
 
-  /** Ends every turn not yet taken or ended (a shutdown): resolves after. */
+  /** Sends `end`, tracked until it settles; a failure is left to the mark's expiry. */
+  #end(end: () => Promise<unknown>): Promise<void> {
+    const ending: Promise<void> = Promise.resolve().then(end).then(
+      () => {},
+      () => {
+        // The mark expires in at most TURN_LEASE ms.
+      },
+    ).finally(() => this.#ending.delete(ending));
+    this.#ending.add(ending);
+    return ending;
+  }
+
+  /**
+   * Ends every turn not yet taken or ended (a shutdown), and resolves once
+   * every end on its way has settled.
+   */
   async endAll(): Promise<void> {
     const turns = [...this.#turns.values()];
     this.#turns.clear();
-    await Promise.all(turns.map(({ timer, end }) => {
+    for (const { timer, end } of turns) {
       clearTimeout(timer);
-      return end().catch(() => {
-        // The mark expires in at most TURN_LEASE ms.
-      });
-    }));
+      this.#end(end);
+    }
+    await Promise.all([...this.#ending]);
   }
 }
 

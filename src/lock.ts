@@ -506,6 +506,15 @@ export class Lock implements AsyncDisposable {
       }
       if (status === 3) {
         view.restarted(String(value), Number(epoch));
+        // A turn it took went back to its mark: the turn ends now.
+        if (tenure !== undefined) {
+          turns!.given(
+            this.name,
+            tenure,
+            () => this.#endTurn(turns!.mark),
+            false,
+          );
+        }
         return false;
       }
       if (epoch !== undefined) view.learn(String(epoch));
@@ -808,8 +817,8 @@ export class Lock implements AsyncDisposable {
    * Ends a holder's turn of this process that no acquire took: the lock,
    * still set to the turn's mark, is let go as a release does.
    */
-  #endTurn(mark: string): Promise<unknown> {
-    return resetScripts[+this.#pythonPeers](this.#keys).handOver(
+  async #endTurn(mark: string): Promise<unknown> {
+    return await resetScripts[+this.#pythonPeers](this.#keys).handOver(
       this.#connection,
       this.#keys,
       this.#signalExpire,

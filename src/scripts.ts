@@ -303,6 +303,7 @@ if ARGV[5] and ARGV[5] ~= '' and owner == ARGV[5] then
     redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
   end
   owner = false
+  tookTurn = true
 end
 `;
 
@@ -363,12 +364,14 @@ const MARK_WAIT_ALIVE = `${NOW_MS}
  *   time left of a racers' turn), and `{0, pttl, epoch}` for a caller that
  *   knew no epoch ("" if none yet);
  * - `{3, epoch, age ms}` when the counter's epoch is not the one the caller
- *   knows: the lock data was lost since; nothing is changed.
+ *   knows: the lock data was lost since; nothing is changed (a turn's mark
+ *   the caller took is put back, for the caller to end).
  */
 function acquireSource(cluster: boolean): string {
   return `
 ${EFFECTS}
 local owner
+local tookTurn = false
 local turnLeft = 0
 if ARGV[3] ~= '' then
   local turn = redis.call('get', KEYS[5])
@@ -426,7 +429,12 @@ if not owner then
     return {1, token, epoch}
   end
   if ARGV[4] ~= epoch then
-    redis.call('del', KEYS[1])
+    if tookTurn then
+      -- The turn goes back to its mark, which the caller ends.
+      redis.call('set', KEYS[1], ARGV[5], 'PX', ${TURN_LEASE})
+    else
+      redis.call('del', KEYS[1])
+    end
     return {3, epoch, math.floor((now - tonumber(epoch)) / 1000)}
   end
   return token
