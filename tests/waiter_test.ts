@@ -207,17 +207,31 @@ Deno.test("holders that loop take turns: the lock changes process a few times, n
   );
 });
 
+/**
+ * `looper` acquires right after a release of its own (a loop), `waiter`
+ * queues, and `looper` releases: a release that may give a holder's turn.
+ * Resolves then, with the waiter's acquire on its way.
+ */
+async function releaseWithWaiter(
+  env: { command(...args: (string | number)[]): Promise<unknown> },
+  looper: Lock,
+  waiter: Lock,
+): Promise<{ waiting: Promise<boolean> }> {
+  await looper.acquire();
+  await looper.release();
+  await looper.acquire();
+  const waiting = waiter.acquire({ timeout: 10_000 });
+  await queued({ raw: env.command }, waiter.name);
+  await looper.release();
+  return { waiting };
+}
+
 Deno.test("a holder's turn that no acquire takes goes to the next in line at once", async () => {
   await using env = await bed();
   const looper = new Lock(await env.client(), "unused", { expire: 30_000 });
   const waiter = new Lock(await env.client(), "unused", { expire: 30_000 });
   for (let attempt = 0; attempt < 20; attempt++) {
-    await looper.acquire();
-    await looper.release();
-    await looper.acquire();
-    const waiting = waiter.acquire({ timeout: 10_000 });
-    await queued({ raw: env.command }, "unused");
-    await looper.release();
+    const { waiting } = await releaseWithWaiter(env, looper, waiter);
     const value = await env.raw.command("GET", "lock:unused");
     const releasedAt = performance.now();
     assert.equal(await waiting, true);
@@ -260,12 +274,7 @@ Deno.test("shutdown() hands on a holder's turn not yet taken, before the client 
   const looper = new Lock(looperClient, "closing", { expire: 30_000 });
   const waiter = new Lock(await env.client(), "closing", { expire: 30_000 });
   for (let attempt = 0; attempt < 20; attempt++) {
-    await looper.acquire();
-    await looper.release();
-    await looper.acquire();
-    const waiting = waiter.acquire({ timeout: 10_000 });
-    await queued({ raw: env.command }, "closing");
-    await looper.release();
+    const { waiting } = await releaseWithWaiter(env, looper, waiter);
     // At once: no timer has run since the release.
     await shutdown(looperClient);
     const value = await env.raw.command("GET", "lock:closing");
