@@ -12,11 +12,12 @@
  * the process measures from when it sent the try that took a free lock, or
  * from when a hand-over reached it: a process stalled between a hand-over
  * and hearing of it may get up to `HOLDER_TURN` ms of turns more, and a
- * waiter then waits that much longer). During the turn the lock is set to the process's turn
- * mark for at most `TURN_LEASE` ms: nobody holds it, no other process can
- * take it, and only an acquire of this process takes it, with a fresh
- * token and the tenure the turn started with. So no waiter waits longer
- * than its queue position × (`HOLDER_TURN` + hold + hand-over).
+ * waiter then waits that much longer). During the turn the lock is set to
+ * the process's turn mark for at most `TURN_LEASE` ms: nobody holds it, no
+ * other process can take it, and only an acquire of this process takes it,
+ * with a fresh token and the tenure the turn started with. So no waiter
+ * waits longer than its queue position × (`HOLDER_TURN` + hold +
+ * hand-over).
  *
  * Ownership: this module owns the turns the process was given, one timer
  * each. A turn ends exactly once: taken by an acquire of this process
@@ -85,21 +86,11 @@ export class HolderTurns {
   }
 
   /**
-   * RELEASE gave this process a turn on `name` (or, `takeable` false, may
-   * have: its reply was lost): unless an acquire of the process takes it
-   * first, `end` hands the lock on.
+   * RELEASE gave this process a turn on `name`: unless an acquire of the
+   * process takes it first, `end` hands the lock on.
    */
-  given(
-    name: string,
-    tenure: number,
-    end: () => Promise<unknown>,
-    takeable = true,
-  ): void {
+  given(name: string, tenure: number, end: () => Promise<unknown>): void {
     this.take(name);
-    if (!takeable) {
-      this.#end(end);
-      return;
-    }
     const timer = setTimeout(() => {
       if (this.#turns.get(name)?.timer !== timer) return;
       this.#turns.delete(name);
@@ -125,7 +116,18 @@ export class HolderTurns {
     return turn.tenure;
   }
 
-  /** Sends `end`, tracked until it settles; a failure is left to the mark's expiry. */
+  /**
+   * A command may have left the mark and cannot be sure (its reply was
+   * lost, or said the lock was gone): `end` hands the lock on now.
+   */
+  mayHaveLeft(end: () => Promise<unknown>): void {
+    this.#end(end);
+  }
+
+  /**
+   * Sends `end`, tracked until it settles; a failure is left to the mark's
+   * expiry.
+   */
   #end(end: () => Promise<unknown>): Promise<void> {
     const ending: Promise<void> = Promise.resolve().then(end).then(
       () => {},

@@ -508,12 +508,7 @@ export class Lock implements AsyncDisposable {
         view.restarted(String(value), Number(epoch));
         // A turn it took went back to its mark: the turn ends now.
         if (tenure !== undefined) {
-          turns!.given(
-            this.name,
-            tenure,
-            () => this.#endTurn(turns!.mark),
-            false,
-          );
+          turns!.mayHaveLeft(() => this.#endTurn(turns!.mark));
         }
         return false;
       }
@@ -789,14 +784,15 @@ export class Lock implements AsyncDisposable {
             : [this.id, here.process],
         ),
     ).catch((error) => {
-      if (askTurn) turns!.given(this.name, tenure, endTurn, false);
+      if (askTurn) turns!.mayHaveLeft(endTurn);
       throw error;
     });
     if (lease !== undefined && reply !== 1) turns?.released(this.name);
-    if (reply === 4 || (reply === 1 && askTurn)) {
-      turns!.given(this.name, tenure, endTurn, reply === 4);
+    if (reply === 4) {
+      turns!.given(this.name, tenure, endTurn);
+      return;
     }
-    if (reply === 4) return;
+    if (reply === 1 && askTurn) turns!.mayHaveLeft(endTurn);
     if (Array.isArray(reply)) {
       const [, ticket, token] = reply;
       here?.handedHere(String(ticket), Number(token), sentAt);

@@ -235,23 +235,29 @@ if not handed then
 end
 `;
   }
-  if (!python) {
-    return `
+  return `
 local opened = false
+local waiting = redis.call('llen', KEYS[3]) > 0
+${python ? racersTurn() : ""}
 local handed, handedHere = false, false
-if redis.call('llen', KEYS[3]) > 0 then
+if waiting and not opened then
   ${handOver(false, self)}
   handed = entry and true or false
   if here then handedHere = {ticket, handedToken} end
 end
-if not handed then
+if not handed and not opened then
+  ${python ? SIGNAL : ""}
   redis.call('del', KEYS[1])
 end
 `;
-  }
+}
+
+/**
+ * Statements of `letGo` (with `waiting`, `opened` in locals) that open or
+ * count down the racers' turn while waiters of this library are queued.
+ */
+function racersTurn(): string {
   return `
-local opened = false
-local waiting = redis.call('llen', KEYS[3]) > 0
 if waiting then
   ${turnState(5, 2, 3)}
   if turn == 'open' then
@@ -277,16 +283,6 @@ if waiting then
   elseif string.sub(turn, 1, 1) == 'u' then
     redis.call('set', KEYS[5], 'u' .. (tonumber(string.sub(turn, 2)) - 1), 'KEEPTTL')
   end
-end
-local handed, handedHere = false, false
-if waiting and not opened then
-  ${handOver(false, self)}
-  handed = entry and true or false
-  if here then handedHere = {ticket, handedToken} end
-end
-if not handed and not opened then
-  ${SIGNAL}
-  redis.call('del', KEYS[1])
 end
 `;
 }

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { acquire, Lock, shutdown } from "../mod.ts";
 import { bed, eventually } from "./_bed.ts";
 import { DbRedisShape, RespClient } from "./_resp.ts";
+import { ACQUIRE } from "../src/scripts.ts";
 import { delay, queued } from "./_scenarios.ts";
 import { denoScript } from "./_deno.ts";
 
@@ -244,6 +245,29 @@ Deno.test("a holder's turn that no acquire takes goes to the next in line at onc
     return;
   }
   assert.fail("no release gave a holder's turn");
+});
+
+Deno.test("ACQUIRE that takes its turn and meets lost lock data puts the turn's mark back", async () => {
+  await using env = await bed();
+  const keys = ["lock:epoch", "lock-signal:epoch", "lock-queue:epoch"]
+    .concat(["lock-fence", "lock-turn:epoch"]);
+  // A counter of a new epoch, as after a restart that lost the data.
+  await env.raw.command("SET", "lock-fence", "2000000000000000:1");
+  await env.raw.command("SET", "lock:epoch", "turn:abc", "PX", "250");
+  const reply = await env.raw.command(
+    "EVAL",
+    ACQUIRE,
+    "5",
+    ...keys,
+    "holder-id",
+    "30000",
+    "",
+    "1000000000000000",
+    "turn:abc",
+  ) as unknown[];
+  assert.equal(reply[0], 3);
+  // The caller ends the turn from its mark (RESET), which hands it on.
+  assert.equal(await env.raw.command("GET", "lock:epoch"), "turn:abc");
 });
 
 Deno.test("pythonPeers: false leaves no wake-up in the signal list, and still hands the lock over", async () => {
