@@ -51,7 +51,6 @@ export const implementations: Record<
   "@x/redis-lock": ours({}),
   "@x/redis-lock turns: false": ours({ turns: false }),
   "@x/redis-lock pythonPeers: false": ours({ pythonPeers: false }),
-  "@x/redis-lock fair: false": ours({ fair: false }),
   "redlock (defaults)": (redis, name) => {
     const redlock = new Redlock([redis]);
     return retrying(async () => {

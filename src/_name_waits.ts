@@ -9,7 +9,6 @@
  * | --------- | --------------------------------------------------- |
  * | `none`    | nothing of this process                             |
  * | `queued`  | one entry, for `wait`, under `ticket`               |
- * | `armed`   | nothing: a racer (`fair: false`) listens for wake-ups |
  * | `handed`  | the lock, held by `wait.id`, with a known token     |
  * | `owned`   | the lock, held by `wait.id`, token not known        |
  * | `unsure`  | any of `candidates`' entries or holdings, or none   |
@@ -94,7 +93,6 @@ type Presence =
     /** Before this (`performance.now()`) no hand-over to the entry happened. */
     readonly since: number;
   }
-  | { readonly kind: "armed"; readonly wait: Wait }
   | {
     readonly kind: "handed";
     readonly wait: Wait;
@@ -170,7 +168,7 @@ export class NameWaits {
   /** Whether the `BLPOP` should cover the name's signal list. */
   get listens(): boolean {
     const kind = this.#presence.kind;
-    return kind === "armed" || (kind === "queued" && now() >= this.#quietUntil);
+    return kind === "queued" && now() >= this.#quietUntil;
   }
 
   /** Whether the driver has ended. */
@@ -207,8 +205,7 @@ export class NameWaits {
 
   /** Look at the lock again (a tick, the holder's expiry). */
   check(): void {
-    const kind = this.#presence.kind;
-    if (kind !== "queued" && kind !== "armed") return;
+    if (this.#presence.kind !== "queued") return;
     this.#checkDue = true;
     this.poke();
   }
@@ -293,10 +290,9 @@ export class NameWaits {
     const at = now();
     if (at < this.#retryAt) return this.#wakeAt(this.#retryAt);
     // A wake-up taken from the signal list is used by the next look at the
-    // lock (queued) or race (armed); on any other way it goes back, for the
-    // racers it may have been meant for.
-    const looks = this.#checkDue &&
-      (presence.kind === "queued" || presence.kind === "armed") &&
+    // lock; on any other way it goes back, for the racers it may have been
+    // meant for.
+    const looks = this.#checkDue && presence.kind === "queued" &&
       presence.wait.wants;
     if (!looks) this.#giveBackWakeUp();
     switch (presence.kind) {
@@ -322,12 +318,6 @@ export class NameWaits {
       case "queued":
         if (!presence.wait.wants) return () => this.#cancel(presence);
         return this.#checkDue ? () => this.#inspect() : undefined;
-      case "armed":
-        if (!presence.wait.wants) {
-          this.#presence = NONE;
-          return this.#decide();
-        }
-        return this.#checkDue ? () => this.#try(presence.wait) : undefined;
       case "none": {
         const head = this.waits.find((wait) => wait.wants);
         if (head === undefined) {
@@ -431,17 +421,14 @@ export class NameWaits {
     return `${this.#context.process}|${ticket}|${expire ?? ""}|${id}`;
   }
 
-  /**
-   * Tries the lock for `head`: a fair head queues in the same script when
-   * the lock is busy; a racer only tries.
-   */
+  /** Tries the lock for `head`, queueing in the same script when busy. */
   async #try(head: Wait): Promise<void> {
     this.#checkDue = false;
-    const { id, expire, fair } = head.request;
+    const { id, expire } = head.request;
     const context = this.#context;
-    const ticket = fair ? context.ticket() : undefined;
-    const entry = ticket === undefined ? undefined : this.#entry(ticket, head);
-    if (ticket !== undefined) context.register(ticket, this);
+    const ticket = context.ticket();
+    const entry = this.#entry(ticket, head);
+    context.register(ticket, this);
     this.#presence = {
       kind: "unsure",
       ticket,
@@ -451,7 +438,7 @@ export class NameWaits {
     const reply = await acquireScript.call(context.control, this.keys, [
       id,
       expire === undefined ? "" : String(expire),
-      ticket === undefined ? "" : `${context.process}|${ticket}`,
+      `${context.process}|${ticket}`,
       context.view.known,
     ]);
     if (typeof reply === "number") {
@@ -480,9 +467,13 @@ export class NameWaits {
         return;
     }
     if (epoch !== undefined) context.view.learn(String(epoch));
-    this.#presence = ticket === undefined
-      ? { kind: "armed", wait: head }
-      : { kind: "queued", ticket, entry: entry!, wait: head, since: sentAt };
+    this.#presence = {
+      kind: "queued",
+      ticket,
+      entry,
+      wait: head,
+      since: sentAt,
+    };
     this.#armExpiry(value);
     context.pump();
   }
@@ -563,16 +554,14 @@ export class NameWaits {
 
   /**
    * Takes a wait that gave up out of the queue, leaving its place (the same
-   * ticket) to the next fair local wait; a lock already handed to it goes to
+   * ticket) to the next local wait; a lock already handed to it goes to
    * that wait, or is let go.
    */
   async #cancel(
     presence: Extract<Presence, { kind: "queued" }>,
   ): Promise<void> {
     const { ticket, entry, wait } = presence;
-    const next = this.waits.find((other) =>
-      other !== wait && other.wants && other.request.fair
-    );
+    const next = this.waits.find((other) => other !== wait && other.wants);
     const nextEntry = next === undefined ? "" : this.#entry(ticket, next);
     this.#presence = {
       kind: "unsure",

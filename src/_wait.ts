@@ -22,12 +22,6 @@ export interface WaitRequest {
   /** The lock's expiry in ms; `undefined`: none. */
   readonly expire: number | undefined;
   readonly signalExpire: number;
-  /**
-   * First come, first served: queue in Redis and be handed the lock. Else
-   * wait for a release's wake-up in the signal list and race for the lock,
-   * as python-redis-lock's waiters do.
-   */
-  readonly fair: boolean;
   /** With the `"poll"` transport: ms between polls, at least. */
   readonly pollInterval: number;
   /** `performance.now()` at which the caller gives up; may be `Infinity`. */

@@ -17,11 +17,10 @@ export const QUEUE_PREFIX = "lock-queue:";
 
 /**
  * Prefix of the turn state of a name: whether a racers' turn is open, and
- * when the next is due. Racers (python-redis-lock's waiters, and `fair:
- * false`) wait on the signal list rather than in the queue: once per cycle
- * of the queue while they show up, and once per `TURN_QUIET` while they do
- * not, a release lets the lock free for them for `TURN` ms instead of
- * handing it to the queue.
+ * when the next is due. Racers (python-redis-lock's waiters) wait on the
+ * signal list rather than in the queue: once per cycle of the queue while
+ * they show up, and once per `TURN_QUIET` while they do not, a release lets
+ * the lock free for them for `TURN` ms instead of handing it to the queue.
  */
 export const TURN_PREFIX = "lock-turn:";
 

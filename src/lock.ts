@@ -224,7 +224,6 @@ export class Lock implements AsyncDisposable {
   readonly #expire: number | undefined;
   readonly #autoRenewal: boolean;
   readonly #signalExpire: number;
-  readonly #fair: boolean;
   readonly #turns: boolean;
   readonly #pythonPeers: boolean;
   readonly #transport: Transport | undefined;
@@ -274,7 +273,6 @@ export class Lock implements AsyncDisposable {
     this.#expire = valid.expire;
     this.#autoRenewal = valid.autoRenewal;
     this.#signalExpire = valid.signalExpire;
-    this.#fair = valid.fair;
     this.#turns = valid.turns;
     this.#pythonPeers = valid.pythonPeers;
     this.#transport = valid.transport;
@@ -433,7 +431,6 @@ export class Lock implements AsyncDisposable {
           id: this.id,
           expire: this.#expire,
           signalExpire: this.#signalExpire,
-          fair: this.#fair,
           pollInterval: this.#pollInterval,
           deadline,
           signal,

@@ -73,17 +73,6 @@ export interface LockOptions {
    */
   signalExpire?: number;
   /**
-   * First come, first served: a waiter queues in Redis, and a release hands
-   * the lock straight to the first in the queue, so no waiter starves and
-   * waits are predictable. With `false`, a release wakes one waiter, which
-   * races for the lock with anyone else who asks, as python-redis-lock's
-   * waiters do: choose it to share wake-ups evenly with Python waiters on
-   * the same lock (queued waiters are served before them).
-   *
-   * @default {true}
-   */
-  fair?: boolean;
-  /**
    * Holders' turns: a holder of this process that acquires the lock again
    * right after releasing it (a loop) keeps it while its process has held
    * it for less than a few ms (`HOLDER_TURN`), even with others waiting;
@@ -98,11 +87,11 @@ export interface LockOptions {
    */
   turns?: boolean;
   /**
-   * Whether Python processes (python-redis-lock) or `fair: false` waiters
-   * may use the lock. With `false`, a release, reset or holder's turn of
-   * this lock leaves no wake-up in the signal list and gives racers no
-   * turn: three commands fewer per release. Every process on the lock must
-   * then agree; `fair: false` needs `true`.
+   * Whether Python processes (python-redis-lock) may use the lock. With
+   * `false`, a release, reset or holder's turn of this lock leaves no
+   * wake-up in the signal list and gives racers (Python's waiters) no turn:
+   * three commands fewer per release. Every process on the lock must then
+   * agree.
    *
    * @default {true}
    */
@@ -162,7 +151,6 @@ export interface ValidLockOptions {
   id: string | undefined;
   autoRenewal: boolean;
   signalExpire: number;
-  fair: boolean;
   turns: boolean;
   pythonPeers: boolean;
   transport: Transport | undefined;
@@ -257,7 +245,6 @@ export const LOCK_OPTIONS = [
   "id",
   "autoRenewal",
   "signalExpire",
-  "fair",
   "turns",
   "pythonPeers",
   "transport",
@@ -293,7 +280,6 @@ export function validateLockOptions(
     id,
     autoRenewal = false,
     signalExpire = 1000,
-    fair = true,
     turns = true,
     pythonPeers = true,
     transport,
@@ -319,25 +305,12 @@ export function validateLockOptions(
     );
   }
   positiveInteger(action, "signalExpire", signalExpire);
-  if (typeof fair !== "boolean") {
-    throw new TypeError(invalid(action, "fair", "must be a boolean", fair));
-  }
   if (typeof turns !== "boolean") {
     throw new TypeError(invalid(action, "turns", "must be a boolean", turns));
   }
   if (typeof pythonPeers !== "boolean") {
     throw new TypeError(
       invalid(action, "pythonPeers", "must be a boolean", pythonPeers),
-    );
-  }
-  if (!pythonPeers && !fair) {
-    throw new TypeError(
-      invalid(
-        action,
-        "pythonPeers",
-        "must be true with 'fair: false', whose waiters wait for Python's wake-ups",
-        pythonPeers,
-      ),
     );
   }
   if (transport !== undefined && !TRANSPORTS.includes(transport)) {
@@ -356,7 +329,6 @@ export function validateLockOptions(
     id,
     autoRenewal,
     signalExpire,
-    fair,
     turns,
     pythonPeers,
     transport,

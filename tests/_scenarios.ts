@@ -31,8 +31,6 @@ export interface Context {
   raw(command: string, ...args: (string | number)[]): Promise<unknown>;
   /** A lock name no other scenario uses. */
   readonly name: string;
-  /** Whether waiters wait first come, first served (`fair: true`). */
-  readonly fair: boolean;
   /**
    * Resolves once `count` waits of the scenario have made their first try
    * and sleep: `BLPOP`s blocked, or a pause longer than a try for clients
@@ -41,34 +39,22 @@ export interface Context {
   waiting(count: number): Promise<void>;
 }
 
-/**
- * Every scenario with the way it waits: the default (first come, first
- * served), and `fair: false` for the scenarios that wait.
- */
+/** Every scenario, with its index and name. */
 export function runs(): {
   scenario: Scenario;
   index: number;
-  fair: boolean;
   name: string;
 }[] {
-  return scenarios.flatMap((scenario, index) => [
-    { scenario, index, fair: true, name: scenario.name },
-    ...(scenario.waits
-      ? [{
-        scenario,
-        index,
-        fair: false,
-        name: `${scenario.name} (fair: false)`,
-      }]
-      : []),
-  ]);
+  return scenarios.map((scenario, index) => ({
+    scenario,
+    index,
+    name: scenario.name,
+  }));
 }
 
 /** One behaviour, stated as its name. */
 export interface Scenario {
   readonly name: string;
-  /** The scenario waits for a lock: it runs once per way of waiting. */
-  readonly waits?: true;
   readonly fn: (ctx: Context) => Promise<void>;
 }
 
@@ -111,12 +97,10 @@ export async function runScenario(
   scenario: Scenario,
   index: number,
   runner: Runner,
-  fair = true,
 ): Promise<void> {
   const closers: (() => Promise<unknown>)[] = [];
   const ctx: Context = {
-    name: `scenario-${index}${fair ? "" : "-racing"}`,
-    fair,
+    name: `scenario-${index}`,
     async client() {
       const [client, close] = await runner.open();
       closers.push(async () => {
@@ -146,9 +130,9 @@ export async function runScenario(
  */
 export async function runAll(runner: Runner): Promise<number> {
   let failed = 0;
-  for (const { scenario, index, fair, name } of runs()) {
+  for (const { scenario, index, name } of runs()) {
     try {
-      await runScenario(scenario, index, runner, fair);
+      await runScenario(scenario, index, runner);
       console.log(`ok ${name}`);
     } catch (error) {
       failed++;
@@ -249,20 +233,19 @@ export const scenarios: Scenario[] = [
   },
   {
     name: "Lock.acquire() returns false when the timeout elapses",
-    waits: true,
     async fn(ctx) {
       const client = await ctx.client();
       await using _holder = await acquire(client, ctx.name);
       const started = Date.now();
       assert.equal(
-        await new Lock(client, ctx.name, { fair: ctx.fair }).acquire({
+        await new Lock(client, ctx.name).acquire({
           timeout: 200,
         }),
         false,
       );
       assert.ok(Date.now() - started >= 190, "waited for the timeout");
       await assert.rejects(
-        acquire(client, ctx.name, { timeout: 50, fair: ctx.fair }),
+        acquire(client, ctx.name, { timeout: 50 }),
         AcquireTimeoutError,
       );
     },
@@ -282,13 +265,12 @@ export const scenarios: Scenario[] = [
   },
   {
     name: "a waiter wakes when the holder's expiry passes, without a release",
-    waits: true,
     async fn(ctx) {
       const client = await ctx.client();
       const holder = new Lock(client, ctx.name, { expire: 300 });
       await holder.acquire();
       const started = Date.now();
-      const waiter = new Lock(client, ctx.name, { fair: ctx.fair });
+      const waiter = new Lock(client, ctx.name);
       assert.equal(await waiter.acquire({ timeout: 10_000 }), true);
       const waited = Date.now() - started;
       assert.ok(waited >= 250, `acquired after ${waited} ms, before expiry`);
@@ -299,7 +281,6 @@ export const scenarios: Scenario[] = [
   },
   {
     name: "a waiter times out while the holder keeps renewing",
-    waits: true,
     async fn(ctx) {
       const client = await ctx.client();
       await using holder = await acquire(client, ctx.name, {
@@ -307,7 +288,7 @@ export const scenarios: Scenario[] = [
         autoRenewal: true,
       });
       assert.equal(
-        await new Lock(client, ctx.name, { fair: ctx.fair }).acquire({
+        await new Lock(client, ctx.name).acquire({
           timeout: 1_000,
         }),
         false,
@@ -318,12 +299,9 @@ export const scenarios: Scenario[] = [
   },
   {
     name: "a waiter acquires once a holder in another client releases",
-    waits: true,
     async fn(ctx) {
       const holder = await acquire(await ctx.client(), ctx.name);
-      const waiter = new Lock(await ctx.client(), ctx.name, {
-        fair: ctx.fair,
-      });
+      const waiter = new Lock(await ctx.client(), ctx.name);
       const waiting = waiter.acquire({ timeout: 10_000 });
       await ctx.waiting(1);
       await holder.release();
@@ -457,12 +435,9 @@ export const scenarios: Scenario[] = [
   },
   {
     name: "Lock.reset() wakes a waiter",
-    waits: true,
     async fn(ctx) {
       await using _holder = await acquire(await ctx.client(), ctx.name);
-      const waiter = new Lock(await ctx.client(), ctx.name, {
-        fair: ctx.fair,
-      });
+      const waiter = new Lock(await ctx.client(), ctx.name);
       const waiting = waiter.acquire({ timeout: 10_000 });
       await ctx.waiting(1);
       await new Lock(await ctx.client(), ctx.name).reset();
@@ -473,7 +448,6 @@ export const scenarios: Scenario[] = [
   },
   {
     name: "resetAll() deletes every lock and wakes their waiters",
-    waits: true,
     async fn(ctx) {
       const client = await ctx.client();
       const names = [`${ctx.name}:1`, `${ctx.name}:2`];
@@ -482,7 +456,7 @@ export const scenarios: Scenario[] = [
       );
       const waiters: Lock[] = [];
       for (const name of names) {
-        waiters.push(new Lock(await ctx.client(), name, { fair: ctx.fair }));
+        waiters.push(new Lock(await ctx.client(), name));
       }
       const waiting = waiters.map((lock) => lock.acquire({ timeout: 10_000 }));
       await ctx.waiting(2);
@@ -577,7 +551,6 @@ export const scenarios: Scenario[] = [
   {
     name:
       "an abort while waiting rejects with the reason and leaves nothing behind",
-    waits: true,
     async fn(ctx) {
       const client = await ctx.client();
       await using holder = await acquire(client, ctx.name);
@@ -585,7 +558,7 @@ export const scenarios: Scenario[] = [
         (await ctx.raw("KEYS", `*${ctx.name}*`) as string[]).sort();
       const before = await keys();
       const controller = new AbortController();
-      const waiter = new Lock(client, ctx.name, { fair: ctx.fair });
+      const waiter = new Lock(client, ctx.name);
       const waiting = settle(waiter.acquire({ signal: controller.signal }));
       await ctx.waiting(1);
       const reason = new Error("stop waiting");
@@ -603,24 +576,21 @@ export const scenarios: Scenario[] = [
   {
     name:
       "a waiter aborted after taking a wake-up passes it on to the next waiter",
-    waits: true,
     async fn(ctx) {
       const client = await ctx.client();
       const holder = await acquire(client, ctx.name);
       const controller = new AbortController();
       const first = settle(
-        new Lock(client, ctx.name, { fair: ctx.fair }).acquire({
+        new Lock(client, ctx.name).acquire({
           signal: controller.signal,
         }),
       );
       await ctx.waiting(1);
-      const second = new Lock(await ctx.client(), ctx.name, {
-        fair: ctx.fair,
-      });
+      const second = new Lock(await ctx.client(), ctx.name);
       const waiting = second.acquire({ timeout: 5_000 });
       await ctx.waiting(2);
       // The release goes out before the abort does anything: the first
-      // waiter is handed the lock (fair) or served the wake-up before it
+      // waiter is handed the lock before it
       // learns of the abort, and must pass it on.
       const releasedAt = Date.now();
       const released = holder.release();

@@ -21,8 +21,8 @@ for (const kind of allKinds) {
       polls: kind.polls,
     };
     try {
-      for (const { scenario, index, fair, name } of runs()) {
-        await t.step(name, () => runScenario(scenario, index, runner, fair));
+      for (const { scenario, index, name } of runs()) {
+        await t.step(name, () => runScenario(scenario, index, runner));
       }
     } finally {
       await raw.close();

@@ -97,12 +97,12 @@ Deno.test("a poller is handed the lock and hears a Python-style wake-up", async 
     assert.equal(await waiting, true);
     assert.equal(await env.command("GET", "lock:handed"), waiter.id);
     await waiter.release();
-    // A racer wakes on the signal list, where python-redis-lock's releases
+    // A waiter hears the signal list, where python-redis-lock's releases
     // push: here a Python release is played by hand.
-    await env.command("SET", "lock:racing", "python-holder");
-    const racer = new Lock(client, "racing", { pollInterval: 20, fair: false });
-    const racing = racer.acquire({ timeout: 5_000 });
-    await delay(100);
+    await env.command("SET", "lock:racing", "python-holder", "EX", 60);
+    const racer = new Lock(client, "racing", { pollInterval: 5_000 });
+    const racing = racer.acquire({ timeout: 4_000 });
+    await queued({ raw: env.command }, "racing");
     await env.command("DEL", "lock:racing");
     await env.command("LPUSH", "lock-signal:racing", "1");
     assert.equal(await racing, true);
