@@ -125,6 +125,34 @@ Deno.test("our lock excludes a Python peer, and our release ends its BLPOP", asy
   await raw.close();
 });
 
+Deno.test("a release leaves exactly one wake-up, as Python's UNLOCK does, keeping one nobody took", async () => {
+  await using env = await setup();
+  const raw = await RespClient.connect(env.server.port);
+  try {
+    const signal = "lock-signal:once";
+    const lock = new Lock(env.app, "once", { signalExpire: 5_000 });
+    for (const before of [[], ["1"], ["2"], ["2", "1"]]) {
+      await raw.command("DEL", signal);
+      if (before.length > 0) await raw.command("RPUSH", signal, ...before);
+      await raw.command("PEXPIRE", signal, 100_000);
+      await lock.acquire();
+      await lock.release();
+      assert.deepEqual(
+        await raw.command("LRANGE", signal, 0, -1),
+        ["1"],
+        `after ${JSON.stringify(before)}`,
+      );
+      const pttl = Number(await raw.command("PTTL", signal));
+      assert.ok(pttl > 4_000 && pttl <= 5_000, `the signal expiry: ${pttl}`);
+    }
+    // A Python waiter that comes after pops it at once.
+    const python = new PythonPeer(env.peer, "once");
+    assert.deepEqual(await python.waitForSignal(1), [signal, "1"]);
+  } finally {
+    await raw.close();
+  }
+});
+
 Deno.test("a Python peer's BLPOP returns on our reset and resetAll", async () => {
   await using env = await setup();
   const python = new PythonPeer(env.peer, "shared");
