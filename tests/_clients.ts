@@ -148,7 +148,10 @@ export class SubscribingClient extends HttpLikeClient {
     listener: (message: string, channel: string) => void,
   ): Promise<void> {
     const subscriber = await RespSubscriber.connect(this.#port);
+    // One subscriber per channel: one made before is closed, not leaked.
+    const previous = this.#subscribers.get(channel);
     this.#subscribers.set(channel, subscriber);
+    await previous?.close();
     await subscriber.subscribe(
       channel,
       (message) => listener(message, channel),
@@ -156,8 +159,10 @@ export class SubscribingClient extends HttpLikeClient {
   }
 
   async unsubscribe(channel: string): Promise<void> {
-    await this.#subscribers.get(channel)?.close();
+    // Out of the map before the await: a subscribe meanwhile keeps its own.
+    const subscriber = this.#subscribers.get(channel);
     this.#subscribers.delete(channel);
+    await subscriber?.close();
   }
 
   override async close(): Promise<void> {

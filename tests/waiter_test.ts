@@ -10,6 +10,8 @@ import { acquire, Lock, shutdown } from "../mod.ts";
 import { bed, eventually } from "./_bed.ts";
 import { DbRedisShape, RespClient } from "./_resp.ts";
 import { ACQUIRE } from "../src/scripts.ts";
+import { holderTurnsOf } from "../src/_holder_turns.ts";
+import { toConnection } from "../src/clients.ts";
 import { delay, queued } from "./_scenarios.ts";
 import { denoScript } from "./_deno.ts";
 
@@ -262,6 +264,43 @@ Deno.test("ACQUIRE that takes its turn and meets lost lock data puts the turn's 
   assert.equal(reply[0], 3);
   // The caller ends the turn from its mark (RESET), which hands it on.
   assert.equal(await env.raw.command("GET", "lock:epoch"), "turn:abc");
+});
+
+Deno.test("an acquire that takes its turn after the lock data was lost ends the turn at once", async () => {
+  await using env = await bed();
+  for (let attempt = 0; attempt < 20; attempt++) {
+    // New clients each time: a process that saw the new epoch waits out
+    // the expiry of holders it cannot see.
+    const looperClient = await env.client();
+    const looper = new Lock(looperClient, "epoch", { expire: 30_000 });
+    const waiter = new Lock(await env.client(), "epoch", { expire: 30_000 });
+    const turns = holderTurnsOf(toConnection(looperClient));
+    await looper.acquire();
+    await looper.release();
+    await looper.acquire();
+    const waiting = waiter.acquire({ timeout: 10_000 });
+    // Quick, so that the holding is still within its tenure.
+    while (await env.raw.command("LLEN", "lock-queue:epoch") === 0) {
+      await delay(0);
+    }
+    // A counter of a new epoch, as after a restart that lost the data.
+    await env.raw.command("SET", "lock-fence", `${9e15 + attempt}:1`);
+    await looper.release();
+    const turn = turns.has("epoch");
+    // The acquire takes the turn, finds the new epoch and puts the mark back.
+    const again = looper.acquire({ blocking: false });
+    const releasedAt = performance.now();
+    assert.equal(await again, false);
+    assert.equal(await waiting, true);
+    const waited = performance.now() - releasedAt;
+    await waiter.release();
+    // The tenure may have run out under load: then there was no turn.
+    if (!turn) continue;
+    // Left to the mark's expiry, the waiter would wait TURN_LEASE ms.
+    assert.ok(waited < 200, `handed on after ${waited} ms`);
+    return;
+  }
+  assert.fail("no release gave a holder's turn");
 });
 
 Deno.test("pythonPeers: false leaves no wake-up in the signal list, and still hands the lock over", async () => {
