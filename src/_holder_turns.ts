@@ -13,11 +13,22 @@
  * from when a hand-over reached it: a process stalled between a hand-over
  * and hearing of it may get up to `HOLDER_TURN` ms of turns more, and a
  * waiter then waits that much longer). During the turn the lock is set to
- * the process's turn mark for at most `TURN_LEASE` ms: nobody holds it, no
+ * the turn's mark for at most `TURN_LEASE` ms: nobody holds it, no
  * other process can take it, and only an acquire of this process takes it,
  * with a fresh token and the tenure the turn started with. So no waiter
  * waits longer than its queue position × (`HOLDER_TURN` + hold +
  * hand-over).
+ *
+ * Each turn has a mark of its own (`turn:<hex>:<n>`), so that no command
+ * about one turn, or about a holding under its mark, can touch another.
+ *
+ * Local takes: when RELEASE also drew the next holding's token (the lock
+ * data's epoch was the one the process knows), an acquire of the process by
+ * a `Lock` with an id of its own making takes the turn with no command
+ * while the process still knows that epoch: it holds the lock under the
+ * turn's mark (its release, extension and renewal name the mark), with that
+ * token, and lengthens the mark's `TURN_LEASE` to its own expiry at once,
+ * as a holder handed the lock does.
  *
  * Ownership: this module owns the turns the process was given, one timer
  * each. A turn ends exactly once: taken by an acquire of this process
@@ -44,29 +55,51 @@ const REMEMBERED = 64;
 
 const now = () => performance.now();
 
+/** The next holding's token, drawn by the RELEASE that gave the turn. */
+export interface LocalTake {
+  readonly token: number;
+  /** The epoch of the lock data the token was drawn in. */
+  readonly epoch: string;
+  /**
+   * `performance.now()` when that RELEASE was sent: the mark's expiry
+   * (`TURN_LEASE`) counts from there at the earliest.
+   */
+  readonly since: number;
+}
+
 /** A turn this process was given, until taken or ended. */
 interface Turn {
+  /** The lock's value during the turn. */
+  readonly mark: string;
   /** The tenure's start (`performance.now()`). */
   readonly tenure: number;
   readonly timer: ReturnType<typeof setTimeout>;
   /** Hands the lock on (RESET of the mark). */
   readonly end: () => Promise<unknown>;
+  /** Set when an acquire may take the turn with no command. */
+  readonly local: LocalTake | undefined;
 }
 
 /** The holders' turns of one application connection. */
 export class HolderTurns {
-  /** The lock's value during this process's turns. */
-  readonly mark: string = `turn:${
+  /** The start of the lock's value during this process's turns. */
+  readonly prefix: string = `turn:${
     Array.from(
       crypto.getRandomValues(new Uint8Array(12)),
       (byte) => byte.toString(16).padStart(2, "0"),
     ).join("")
-  }`;
+  }:`;
+  #marks = 0;
   /** When each name was last released by this process. */
   readonly #released = new Map<string, number>();
   readonly #turns = new Map<string, Turn>();
   /** Ends sent and not yet answered. */
   readonly #ending = new Set<Promise<void>>();
+
+  /** A mark for a turn to ask for: no other turn of the process has it. */
+  nextMark(): string {
+    return this.prefix + (this.#marks++).toString(36);
+  }
 
   /** A holding of `name` ended in a release of this process. */
   released(name: string): void {
@@ -89,14 +122,20 @@ export class HolderTurns {
    * RELEASE gave this process a turn on `name`: unless an acquire of the
    * process takes it first, `end` hands the lock on.
    */
-  given(name: string, tenure: number, end: () => Promise<unknown>): void {
+  given(
+    name: string,
+    mark: string,
+    tenure: number,
+    end: () => Promise<unknown>,
+    local?: LocalTake,
+  ): void {
     this.take(name);
     const timer = setTimeout(() => {
       if (this.#turns.get(name)?.timer !== timer) return;
       this.#turns.delete(name);
       this.#end(end);
     }, 0);
-    this.#turns.set(name, { tenure, timer, end });
+    this.#turns.set(name, { mark, tenure, timer, end, local });
   }
 
   /** Whether this process has a turn on `name`, not yet taken or ended. */
@@ -105,15 +144,29 @@ export class HolderTurns {
   }
 
   /**
-   * Takes this process's turn on `name`, if it has one: the acquire sends
-   * the mark, and the holding keeps the turn's tenure.
+   * Takes this process's turn on `name` with no command, if it has one with
+   * the next token drawn and `usable` accepts it: the holding is under the
+   * turn's mark, with its tenure.
    */
-  take(name: string): number | undefined {
+  takeLocally(
+    name: string,
+    usable: (local: LocalTake) => boolean,
+  ): { mark: string; tenure: number; local: LocalTake } | undefined {
+    const local = this.#turns.get(name)?.local;
+    if (local === undefined || !usable(local)) return undefined;
+    return { ...this.take(name)!, local };
+  }
+
+  /**
+   * Takes this process's turn on `name`, if it has one: the acquire sends
+   * its mark, and the holding keeps the turn's tenure.
+   */
+  take(name: string): { mark: string; tenure: number } | undefined {
     const turn = this.#turns.get(name);
     if (turn === undefined) return undefined;
     clearTimeout(turn.timer);
     this.#turns.delete(name);
-    return turn.tenure;
+    return { mark: turn.mark, tenure: turn.tenure };
   }
 
   /**

@@ -12,7 +12,7 @@ import {
   NotAcquiredError,
   NotExpirableError,
 } from "./errors.ts";
-import { HOLDER_TURN, type LockKeys, lockKeys } from "./keys.ts";
+import { HOLDER_TURN, type LockKeys, lockKeys, TURN_LEASE } from "./keys.ts";
 import { type Keeping, Lease } from "./lease.ts";
 import {
   ACQUIRE_OPTIONS,
@@ -232,7 +232,15 @@ export class Lock implements AsyncDisposable {
   #controller: AbortController | undefined;
   #released: LockError | undefined;
   #keeping: Keeping | undefined;
+  /** How a holding under a turn's mark is kept, by that mark. */
+  #markKeeping: { mark: string; keeping: Keeping } | undefined;
   #lease: Lease | undefined;
+  /**
+   * The lock's value while the latest holding lasts: `id`, or the turn's
+   * mark for a holding taken from a holder's turn with no command (no other
+   * holding ever has it).
+   */
+  #holdingId: string;
   /** The holder's remaining life at the last try that found it busy (ms). */
   #busyFor = -1;
   /** Set while an `acquire()` of this instance is on its way. */
@@ -269,6 +277,7 @@ export class Lock implements AsyncDisposable {
     this.#connection = toConnection(client);
     this.#keys = lockKeys(this.name, this.#connection.cluster);
     this.id = valid.id ?? randomId();
+    this.#holdingId = this.id;
     this.#ownId = valid.id === undefined;
     this.#expire = valid.expire;
     this.#autoRenewal = valid.autoRenewal;
@@ -383,6 +392,28 @@ export class Lock implements AsyncDisposable {
     this.#looping = this.#turns && !this.#keys.cluster &&
       holderTurnsOf(this.#connection).looping(this.name);
     try {
+      // A holder's turn with the next token drawn is taken with no command,
+      // by an instance whose id only it has (another with the same id could
+      // not release a holding under the mark), while the process knows the
+      // token's epoch and gives racers no turn; else as any turn, below.
+      if (this.#ownId && !this.#keys.cluster) {
+        const view = viewOf(this.#connection, this.#keys.fence);
+        const taken = holderTurnsOf(this.#connection).takeLocally(
+          this.name,
+          ({ epoch }) =>
+            epoch === view.known && !view.inTurn(this.name) &&
+            performance.now() >= view.graceUntil(this.#expire),
+        );
+        if (taken !== undefined) {
+          const { local, tenure, mark } = taken;
+          return await this.#take(
+            { token: local.token, since: local.since, initial: TURN_LEASE },
+            signal,
+            tenure,
+            mark,
+          );
+        }
+      }
       if (!blocking || timeout === 0) {
         return await this.#tryOnce(signal) ?? false;
       }
@@ -478,12 +509,9 @@ export class Lock implements AsyncDisposable {
     }
     const sentAt = performance.now();
     const turns = entry === "" ? holderTurnsOf(this.#connection) : undefined;
-    const tenure = turns?.take(this.name);
-    const reply = await this.#try(
-      view,
-      entry,
-      tenure === undefined ? "" : turns!.mark,
-    );
+    const turn = turns?.take(this.name);
+    const tenure = turn?.tenure;
+    const reply = await this.#try(view, entry, turn?.mark ?? "");
     let token: number;
     if (typeof reply === "number") {
       token = reply;
@@ -504,8 +532,8 @@ export class Lock implements AsyncDisposable {
       if (status === 3) {
         view.restarted(String(value), Number(epoch));
         // A turn it took went back to its mark: the turn ends now.
-        if (tenure !== undefined) {
-          turns!.mayHaveLeft(() => this.#endTurn(turns!.mark));
+        if (turn !== undefined) {
+          turns!.mayHaveLeft(() => this.#endTurn(turn.mark));
         }
         return false;
       }
@@ -670,14 +698,21 @@ export class Lock implements AsyncDisposable {
     }
   }
 
-  #keeper(): Keeping {
-    return this.#keeping ??= keeping(
-      this.#connection,
-      this.#keys,
-      this.id,
-      this.#expire,
-      this.#autoRenewal,
-    );
+  /** How a holding with the lock set to `id` (this id, or a mark) is kept. */
+  #keeper(id: string): Keeping {
+    const make = () =>
+      keeping(
+        this.#connection,
+        this.#keys,
+        id,
+        this.#expire,
+        this.#autoRenewal,
+      );
+    if (id === this.id) return this.#keeping ??= make();
+    if (this.#markKeeping?.mark !== id) {
+      this.#markKeeping = { mark: id, keeping: make() };
+    }
+    return this.#markKeeping.keeping;
   }
 
   /**
@@ -688,10 +723,12 @@ export class Lock implements AsyncDisposable {
     acquisition: Acquisition,
     signal?: AbortSignal,
     tenure?: number,
+    holdingId: string = this.id,
   ): true | Promise<never> {
     this.#tenure = tenure ?? acquisition.since;
+    this.#holdingId = holdingId;
     if (signal?.aborted) {
-      return this.#releaseQuietly().then(() => {
+      return this.#releaseQuietly(holdingId).then(() => {
         throw signal.reason;
       });
     }
@@ -702,7 +739,7 @@ export class Lock implements AsyncDisposable {
       this,
       acquisition.since,
       acquisition.initial,
-      this.#keeper(),
+      this.#keeper(holdingId),
       this.#controller,
       viewOf(this.#connection, this.#keys.fence),
     );
@@ -710,17 +747,18 @@ export class Lock implements AsyncDisposable {
   }
 
   /**
-   * Releases if this id holds the lock, ignoring the outcome; tries again
-   * (a few times) when the reply is lost, since the lock may still be held.
+   * Releases if `id` (this id, or the mark of a holding under a turn's mark)
+   * holds the lock, ignoring the outcome; tries again (a few times) when the
+   * reply is lost, since the lock may still be held.
    */
-  async #releaseQuietly(): Promise<void> {
+  async #releaseQuietly(id: string = this.id): Promise<void> {
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
         await releaseScripts[+this.#pythonPeers](this.#keys).handOver(
           this.#connection,
           this.#keys,
           this.#signalExpire,
-          [this.id],
+          [id],
         );
         return;
       } catch (error) {
@@ -732,7 +770,9 @@ export class Lock implements AsyncDisposable {
 
   /**
    * Releases the lock and wakes a waiter. Works from any instance with the
-   * holder's id, as in python-redis-lock.
+   * holder's id, as in python-redis-lock (a holding taken from a holder's
+   * turn with no round trip is under the turn's mark: only the
+   * instance that holds it releases it).
    *
    * @throws {NotAcquiredError} When this id does not hold the lock: it
    * expired, was reset, or was never acquired.
@@ -746,6 +786,10 @@ export class Lock implements AsyncDisposable {
    */
   async release(): Promise<void> {
     const lease = this.#lease;
+    // Only a current holding asks for a turn: a release of an ended one (a
+    // second release) would end the turn of the process's next holding.
+    const current = lease !== undefined && !lease.ended;
+    const id = this.#holdingId;
     const wasLost = lease?.lost ?? false;
     lease?.end(
       this.#released ??= new LockError(`Lock '${this.name}' was released`),
@@ -759,13 +803,14 @@ export class Lock implements AsyncDisposable {
       ? undefined
       : holderTurnsOf(this.#connection);
     const tenure = this.#tenure;
-    const askTurn = here === undefined && turns !== undefined &&
-      lease !== undefined && !wasLost && this.#looping &&
-      performance.now() - tenure < HOLDER_TURN;
+    const askTurn = here === undefined && turns !== undefined && current &&
+      this.#looping && performance.now() - tenure < HOLDER_TURN;
     const sentAt = performance.now();
+    const known = viewOf(this.#connection, this.#keys.fence).known;
     // A release whose reply is lost (or that a re-sent run finds done) may
     // have left the turn's mark: it ends the turn at once.
-    const endTurn = () => this.#endTurn(turns!.mark);
+    const mark = askTurn ? turns!.nextMark() : "";
+    const endTurn = () => this.#endTurn(mark);
     const reply = await attempt(
       "release",
       this.name,
@@ -775,18 +820,22 @@ export class Lock implements AsyncDisposable {
           this.#keys,
           this.#signalExpire,
           askTurn
-            ? [this.id, "", turns!.mark]
+            ? [id, "", mark, known]
             : here === undefined
-            ? [this.id]
-            : [this.id, here.process],
+            ? [id]
+            : [id, here.process],
         ),
     ).catch((error) => {
       if (askTurn) turns!.mayHaveLeft(endTurn);
       throw error;
     });
     if (lease !== undefined && reply !== 1) turns?.released(this.name);
-    if (reply === 4) {
-      turns!.given(this.name, tenure, endTurn);
+    if (reply === 4 || (Array.isArray(reply) && reply[0] === 4)) {
+      // With the next token drawn, an acquire takes the turn with no command.
+      const local = Array.isArray(reply)
+        ? { token: Number(reply[1]), epoch: known, since: sentAt }
+        : undefined;
+      turns!.given(this.name, mark, tenure, endTurn, local);
       return;
     }
     if (reply === 1 && askTurn) turns!.mayHaveLeft(endTurn);
@@ -821,7 +870,8 @@ export class Lock implements AsyncDisposable {
 
   /**
    * Sets the lock's remaining life to `expire` ms (default: the lock's own
-   * `expire`). Works from any instance with the holder's id.
+   * `expire`). Works from any instance with the holder's id (but for a
+   * holding under a turn's mark: see `release()`).
    *
    * @param expire New expiry in ms, a positive integer.
    * @throws {TypeError} When neither `expire` nor the lock's `expire` is set.
@@ -861,7 +911,7 @@ export class Lock implements AsyncDisposable {
         this.name,
         () =>
           extendScript.call(this.#connection, this.#keys, [
-            this.id,
+            this.#holdingId,
             String(ms),
           ]),
       );
@@ -964,7 +1014,7 @@ export class Lock implements AsyncDisposable {
     if (!lease.lost) return;
     // Lost as far as this process can tell (its expiry passed without a
     // renewal it could confirm): Redis may still hold it with this id.
-    await this.#releaseQuietly();
+    await this.#releaseQuietly(this.#holdingId);
     throw lease.reason;
   }
 }

@@ -72,6 +72,32 @@ redis.call('set', KEYS[${fence}], epoch .. ':' .. string.format('%d', token))
 }
 
 /**
+ * Statements that draw a fencing token in one write when the counter at
+ * KEYS[4] is of the epoch `known` (a Lua expression: the caller's, "" if
+ * none) and behind the server's clock, on Redis 7: they leave the token in
+ * `fastToken`, or false with the counter unchanged (another epoch, ahead of
+ * the clock, or an older Redis: then `draw` does it).
+ */
+function fastDraw(known: string): string {
+  return `
+local fastToken = false
+if ${known} ~= '' and redis.REDIS_VERSION_NUM then
+  local clock = redis.call('time')
+  local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+  local old = redis.call('set', KEYS[4], ${known} .. ':' .. string.format('%d', now), 'GET')
+  local epoch, last = string.match(old or '', '^(%d+):(%d+)$')
+  if epoch == ${known} and tonumber(last) < now then
+    fastToken = now
+  elseif old then
+    redis.call('set', KEYS[4], old)
+  else
+    redis.call('del', KEYS[4])
+  end
+end
+`;
+}
+
+/**
  * Statements that set the lock for the queue entry parsed into `px` and
  * `id`, for at most `HAND_OVER_EXPIRE` (KEYS: lock).
  */
@@ -320,11 +346,14 @@ end
 
 /**
  * Statements by which a release gives its process a holder's turn (see
- * `_holder_turns.ts`): when ARGV[4] (the process's turn mark) is given (the
+ * `_holder_turns.ts`): when ARGV[4] (the turn's mark) is given (the
  * caller asks only within its tenure), others are queued and no racers'
  * turn is open, the lock is set to the mark for `TURN_LEASE` ms and the
- * script returns 4. (Without `python`, there are no racers' turns.) They
- * leave `waiting` (whether anyone is queued) in a local, for `letGo`.
+ * script returns 4; or `{4, token}` when the fencing counter is of the
+ * epoch the caller knows (ARGV[5]): then it drew the token of the process's
+ * next holding, which an acquire of the process may take with no command.
+ * (Without `python`, there are no racers' turns.) They leave `waiting`
+ * (whether anyone is queued) in a local, for `letGo`.
  */
 function giveTurn(python: boolean): string {
   const racersOpen = python
@@ -341,6 +370,8 @@ if ARGV[4] and ARGV[4] ~= '' and waiting then
   local open = false${racersOpen}
   if not open then
     redis.call('set', KEYS[1], ARGV[4], 'PX', ${TURN_LEASE})
+    ${fastDraw("(ARGV[5] or '')")}
+    if fastToken then return {4, fastToken} end
     return 4
   end
 end
@@ -421,22 +452,8 @@ ${
   if entry then owner = id end
 end
 if not owner then
-  if ARGV[4] ~= '' and redis.REDIS_VERSION_NUM then
-    -- The common case in one write: the caller's epoch, the clock; a
-    -- counter of another epoch, or ahead of the clock, is put right below.
-    local clock = redis.call('time')
-    local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-    local old = redis.call('set', KEYS[4], ARGV[4] .. ':' .. string.format('%d', now), 'GET')
-    local epoch, last = string.match(old or '', '^(%d+):(%d+)$')
-    if epoch == ARGV[4] and tonumber(last) < now then
-      return now
-    end
-    if old then
-      redis.call('set', KEYS[4], old)
-    else
-      redis.call('del', KEYS[4])
-    end
-  end
+  ${fastDraw("ARGV[4]")}
+  if fastToken then return fastToken end
   ${draw(4)}
   if ARGV[4] == '' then
     return {1, token, epoch}
@@ -485,15 +502,17 @@ export const C_ACQUIRE: string = acquireSource(true);
 /**
  * KEYS: lock, signal, queue, fence, turn (and the liveness hash on a
  * Cluster). ARGV: signal expiry, id, and on one server the caller's waiting
- * process ("" or absent if none), the caller's turn mark when it asks for
- * a holder's turn ("" or absent if not).
+ * process ("" or absent if none), and when it asks for a holder's turn
+ * (else "" or absent) the turn's mark and the epoch the caller knows.
  * If this id holds the lock, lets it go: to the caller's process for a
  * holder's turn, to the first queued waiter alive, to racers for their
  * turn, or else deletes it and leaves one wake-up in the signal list
  * (python-redis-lock's UNLOCK). Returns 0 when released, 2 when released
- * for a racers' turn, 4 when kept for a holder's turn, 1 when this id does
- * not hold the lock, `{3, ticket, token}` when handed to a waiter of the
- * caller's process (with the waiter's own expiry; no wake-up pushed).
+ * for a racers' turn, 4 when kept for a holder's turn, `{4, token}` when
+ * kept for a holder's turn with the next holding's token drawn, 1 when this
+ * id does not hold the lock, `{3, ticket, token}` when handed to a waiter
+ * of the caller's process (with the waiter's own expiry; no wake-up
+ * pushed).
  */
 function releaseSource(cluster: boolean, python = true): string {
   return `

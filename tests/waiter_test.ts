@@ -6,12 +6,13 @@
  */
 
 import assert from "node:assert/strict";
-import { acquire, Lock, shutdown } from "../mod.ts";
+import { acquire, Lock, NotAcquiredError, shutdown } from "../mod.ts";
 import { bed, eventually } from "./_bed.ts";
 import { DbRedisShape, RespClient } from "./_resp.ts";
 import { ACQUIRE } from "../src/scripts.ts";
 import { holderTurnsOf } from "../src/_holder_turns.ts";
 import { toConnection } from "../src/clients.ts";
+import { ALIVE_PREFIX } from "../src/keys.ts";
 import { delay, queued } from "./_scenarios.ts";
 import { denoScript } from "./_deno.ts";
 
@@ -264,6 +265,128 @@ Deno.test("ACQUIRE that takes its turn and meets lost lock data puts the turn's 
   assert.equal(reply[0], 3);
   // The caller ends the turn from its mark (RESET), which hands it on.
   assert.equal(await env.raw.command("GET", "lock:epoch"), "turn:abc");
+});
+
+/** A waiter of another process, played by hand: its entry, queued alive. */
+const OTHER = { process: "other-process", id: "other-waiter-id" };
+
+/**
+ * Gives `looper`'s process a holder's turn on `looper.name`, with a waiter
+ * of another process queued (played by hand, so that nothing else runs): a
+ * release within the tenure of a holding that loops. Resolves `true` once
+ * the release is answered with the turn given; `false` when the tenure ran
+ * out first (the lock went to the other waiter, and is freed again). The
+ * caller takes the turn before it awaits anything: it ends at the next
+ * timer.
+ */
+async function turnGiven(
+  env: { raw: RespClient },
+  looperClient: unknown,
+  looper: Lock,
+): Promise<boolean> {
+  const { raw } = env;
+  await raw.command("SET", `${ALIVE_PREFIX}${OTHER.process}`, 1, "PX", 60_000);
+  await looper.acquire();
+  await looper.release();
+  await looper.acquire();
+  await raw.command(
+    "RPUSH",
+    `lock-queue:${looper.name}`,
+    `${OTHER.process}|t1||${OTHER.id}`,
+  );
+  await looper.release();
+  if (holderTurnsOf(toConnection(looperClient as never)).has(looper.name)) {
+    return true;
+  }
+  await endOther(env, looper.name);
+  return false;
+}
+
+/**
+ * Waits for the lock to be let go to the other waiter (or left free for
+ * racers: python-redis-lock's waiters get turns too), and clears the name.
+ */
+async function endOther(env: { raw: RespClient }, name: string) {
+  await eventually(async () => {
+    const owner = await env.raw.command("GET", `lock:${name}`);
+    return owner === null || owner === OTHER.id;
+  }, "the lock let go to the other waiter");
+  for (const prefix of ["lock:", "lock-queue:", "lock-signal:", "lock-turn:"]) {
+    await env.raw.command("DEL", `${prefix}${name}`);
+  }
+  await env.raw.command("DEL", `lock-wake:${OTHER.process}`);
+}
+
+Deno.test("a holder's turn is taken with no command, under the mark, by an instance of the process with an id of its own", async () => {
+  await using env = await bed();
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const looperClient = await env.client();
+    const first = new Lock(looperClient, "local", { expire: 30_000 });
+    const second = new Lock(looperClient, "local", { expire: 30_000 });
+    if (!await turnGiven(env, looperClient, first)) continue;
+    const turns = holderTurnsOf(toConnection(looperClient));
+    // Taken before a timer can fire: no round trip.
+    let timerFired = false;
+    const timer = setTimeout(() => timerFired = true, 0);
+    assert.equal(await first.acquire({ blocking: false }), true);
+    assert.equal(timerFired, false, "taken with no round trip");
+    clearTimeout(timer);
+    const firstToken = first.token;
+    const firstMark = String(await env.raw.command("GET", "lock:local"));
+    assert.ok(firstMark.startsWith(turns.prefix), firstMark);
+    // Held under the mark, its release gives the next turn, if still
+    // within the tenure.
+    await first.release();
+    if (!turns.has("local")) {
+      await endOther(env, "local");
+      continue;
+    }
+    assert.equal(await second.acquire({ blocking: false }), true);
+    const mark = String(await second.ownerId());
+    assert.ok(mark.startsWith(turns.prefix), mark);
+    assert.notEqual(mark, firstMark, "each turn has a mark of its own");
+    assert.ok(second.token > firstToken, "a later token");
+    // The holding takes the lock's own expiry, and names the mark.
+    await eventually(
+      async () => Number(await env.raw.command("PTTL", "lock:local")) > 20_000,
+      "the holding's own expiry",
+    );
+    await second.extend(40_000);
+    assert.ok(Number(await env.raw.command("PTTL", "lock:local")) > 30_000);
+    // A release of the ended holding does not touch the one under the mark.
+    await assert.rejects(first.release(), NotAcquiredError);
+    assert.equal(await env.raw.command("GET", "lock:local"), mark);
+    assert.equal(second.signal.aborted, false);
+    await second.release();
+    await endOther(env, "local");
+    return;
+  }
+  assert.fail("no release gave a holder's turn");
+});
+
+Deno.test("a holder's turn taken with no command on a lock without expiry takes the mark's expiry off", async () => {
+  await using env = await bed();
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const looperClient = await env.client();
+    const looper = new Lock(looperClient, "persist");
+    if (!await turnGiven(env, looperClient, looper)) continue;
+    assert.equal(await looper.acquire({ blocking: false }), true);
+    // The mark was set for TURN_LEASE ms: the holding makes it its own.
+    await eventually(
+      async () => await env.raw.command("PTTL", "lock:persist") === -1,
+      "the expiry taken off",
+    );
+    await delay(300);
+    const owner = String(await env.raw.command("GET", "lock:persist"));
+    assert.ok(
+      owner.startsWith(holderTurnsOf(toConnection(looperClient)).prefix),
+      owner,
+    );
+    await looper.release();
+    await endOther(env, "persist");
+    return;
+  }
+  assert.fail("no release gave a holder's turn");
 });
 
 Deno.test("an acquire that takes its turn after the lock data was lost ends the turn at once", async () => {
