@@ -13,7 +13,8 @@
  * from when a hand-over reached it: a process stalled between a hand-over
  * and hearing of it may get up to `HOLDER_TURN` ms of turns more, and a
  * waiter then waits that much longer). During the turn the lock is set to
- * the turn's mark for at most `TURN_LEASE` ms: nobody holds it, no
+ * the turn's mark (for at most `TURN_LEASE` ms, or see below): nobody
+ * holds it, no
  * other process can take it, and only an acquire of this process takes it,
  * with a fresh token and the tenure the turn started with. So no waiter
  * waits longer than its queue position × (`HOLDER_TURN` + hold +
@@ -22,13 +23,20 @@
  * Each turn has a mark of its own (`turn:<hex>:<n>`), so that no command
  * about one turn, or about a holding under its mark, can touch another.
  *
- * Local takes: when RELEASE also drew the next holding's token (the lock
- * data's epoch was the one the process knows), an acquire of the process by
- * a `Lock` with an id of its own making takes the turn with no command
- * while the process still knows that epoch: it holds the lock under the
- * turn's mark (its release, extension and renewal name the mark), with that
- * token, and lengthens the mark's `TURN_LEASE` to its own expiry at once,
- * as a holder handed the lock does.
+ * Local takes: a release of a lock with an expiry asks RELEASE to draw the
+ * next holding's token too; when the lock data's epoch is the one the
+ * process knows, RELEASE does, and sets the mark with that expiry rather
+ * than `TURN_LEASE`. An acquire of the process by a `Lock` with an id of its
+ * own making and the same expiry then takes the turn with no command, at
+ * once (within `HOLDER_TURN` of the release), while the process still
+ * knows that epoch: it holds the lock under the turn's mark (its release,
+ * extension and renewal name the mark), with that token. The mark is a
+ * holding of the process from the moment RELEASE ran: a `reset()` then
+ * takes it from the process, as from any holder, and the holder learns of
+ * it at its next renewal, `extend()` or `release()`. A process that dies,
+ * or stalls (its event loop blocked, so that the timer cannot end the
+ * turn), within such a turn delays the lock by at most that expiry, as a
+ * holder that dies or stalls does.
  *
  * Ownership: this module owns the turns the process was given, one timer
  * each. A turn ends exactly once: taken by an acquire of this process
@@ -60,9 +68,11 @@ export interface LocalTake {
   readonly token: number;
   /** The epoch of the lock data the token was drawn in. */
   readonly epoch: string;
+  /** The mark's expiry, in ms. */
+  readonly px: number;
   /**
    * `performance.now()` when that RELEASE was sent: the mark's expiry
-   * (`TURN_LEASE`) counts from there at the earliest.
+   * counts from there at the earliest.
    */
   readonly since: number;
 }
@@ -185,7 +195,7 @@ export class HolderTurns {
     const ending: Promise<void> = Promise.resolve().then(end).then(
       () => {},
       () => {
-        // The mark expires in at most TURN_LEASE ms.
+        // The mark expires by itself (TURN_LEASE, or the lock's expiry).
       },
     ).finally(() => this.#ending.delete(ending));
     this.#ending.add(ending);

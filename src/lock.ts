@@ -394,20 +394,24 @@ export class Lock implements AsyncDisposable {
     try {
       // A holder's turn with the next token drawn is taken with no command,
       // by an instance whose id only it has (another with the same id could
-      // not release a holding under the mark), while the process knows the
-      // token's epoch and gives racers no turn; else as any turn, below.
+      // not release a holding under the mark) and whose expiry the mark has,
+      // at once (a turn a stalled process kept is taken with a look at
+      // Redis), while the process knows the token's epoch and gives racers
+      // no turn; else as any turn, below.
       if (this.#ownId && !this.#keys.cluster) {
         const view = viewOf(this.#connection, this.#keys.fence);
         const taken = holderTurnsOf(this.#connection).takeLocally(
           this.name,
-          ({ epoch }) =>
-            epoch === view.known && !view.inTurn(this.name) &&
+          ({ epoch, px, since }) =>
+            px === this.#expire && epoch === view.known &&
+            performance.now() - since < HOLDER_TURN &&
+            !view.inTurn(this.name) &&
             performance.now() >= view.graceUntil(this.#expire),
         );
         if (taken !== undefined) {
           const { local, tenure, mark } = taken;
           return await this.#take(
-            { token: local.token, since: local.since, initial: TURN_LEASE },
+            { token: local.token, since: local.since, initial: local.px },
             signal,
             tenure,
             mark,
@@ -725,13 +729,15 @@ export class Lock implements AsyncDisposable {
     tenure?: number,
     holdingId: string = this.id,
   ): true | Promise<never> {
-    this.#tenure = tenure ?? acquisition.since;
-    this.#holdingId = holdingId;
     if (signal?.aborted) {
       return this.#releaseQuietly(holdingId).then(() => {
         throw signal.reason;
       });
     }
+    // Set with the lease they go with: a release or disposal of an earlier
+    // holding still names that holding's value.
+    this.#tenure = tenure ?? acquisition.since;
+    this.#holdingId = holdingId;
     if (this.#controller?.signal.aborted) this.#controller = undefined;
     this.#lease = new Lease(
       this.name,
@@ -806,7 +812,12 @@ export class Lock implements AsyncDisposable {
     const askTurn = here === undefined && turns !== undefined && current &&
       this.#looping && performance.now() - tenure < HOLDER_TURN;
     const sentAt = performance.now();
-    const known = viewOf(this.#connection, this.#keys.fence).known;
+    // The next holding's token is drawn for a lock with an expiry: one
+    // without has no deadline, which a mark's cannot be.
+    const px = this.#expire;
+    const known = px === undefined
+      ? ""
+      : viewOf(this.#connection, this.#keys.fence).known;
     // A release whose reply is lost (or that a re-sent run finds done) may
     // have left the turn's mark: it ends the turn at once.
     const mark = askTurn ? turns!.nextMark() : "";
@@ -820,7 +831,7 @@ export class Lock implements AsyncDisposable {
           this.#keys,
           this.#signalExpire,
           askTurn
-            ? [id, "", mark, known]
+            ? [id, "", mark, known, String(px ?? TURN_LEASE)]
             : here === undefined
             ? [id]
             : [id, here.process],
@@ -833,7 +844,7 @@ export class Lock implements AsyncDisposable {
     if (reply === 4 || (Array.isArray(reply) && reply[0] === 4)) {
       // With the next token drawn, an acquire takes the turn with no command.
       const local = Array.isArray(reply)
-        ? { token: Number(reply[1]), epoch: known, since: sentAt }
+        ? { token: Number(reply[1]), epoch: known, px: px!, since: sentAt }
         : undefined;
       turns!.given(this.name, mark, tenure, endTurn, local);
       return;

@@ -349,9 +349,10 @@ end
  * `_holder_turns.ts`): when ARGV[4] (the turn's mark) is given (the
  * caller asks only within its tenure), others are queued and no racers'
  * turn is open, the lock is set to the mark for `TURN_LEASE` ms and the
- * script returns 4; or `{4, token}` when the fencing counter is of the
- * epoch the caller knows (ARGV[5]): then it drew the token of the process's
- * next holding, which an acquire of the process may take with no command.
+ * script returns 4; or, when the fencing counter is of the epoch the caller
+ * knows (ARGV[5]), for ARGV[6] ms (the expiry of the process's next
+ * holding) with the token of that holding drawn, which an acquire of the
+ * process may take with no command: `{4, token}`.
  * (Without `python`, there are no racers' turns.) They leave `waiting`
  * (whether anyone is queued) in a local, for `letGo`.
  */
@@ -369,9 +370,12 @@ local waiting = redis.call('llen', KEYS[3]) > 0
 if ARGV[4] and ARGV[4] ~= '' and waiting then
   local open = false${racersOpen}
   if not open then
-    redis.call('set', KEYS[1], ARGV[4], 'PX', ${TURN_LEASE})
     ${fastDraw("(ARGV[5] or '')")}
-    if fastToken then return {4, fastToken} end
+    if fastToken then
+      redis.call('set', KEYS[1], ARGV[4], 'PX', ARGV[6])
+      return {4, fastToken}
+    end
+    redis.call('set', KEYS[1], ARGV[4], 'PX', ${TURN_LEASE})
     return 4
   end
 end
@@ -503,7 +507,8 @@ export const C_ACQUIRE: string = acquireSource(true);
  * KEYS: lock, signal, queue, fence, turn (and the liveness hash on a
  * Cluster). ARGV: signal expiry, id, and on one server the caller's waiting
  * process ("" or absent if none), and when it asks for a holder's turn
- * (else "" or absent) the turn's mark and the epoch the caller knows.
+ * (else "" or absent) the turn's mark, the epoch the caller knows and the
+ * expiry in ms of the process's next holding.
  * If this id holds the lock, lets it go: to the caller's process for a
  * holder's turn, to the first queued waiter alive, to racers for their
  * turn, or else deletes it and leaves one wake-up in the signal list

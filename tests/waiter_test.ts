@@ -267,15 +267,23 @@ Deno.test("ACQUIRE that takes its turn and meets lost lock data puts the turn's 
   assert.equal(await env.raw.command("GET", "lock:epoch"), "turn:abc");
 });
 
+/** How many scripts the server ran. */
+async function scriptRuns(raw: RespClient): Promise<number> {
+  const stats = String(await raw.command("INFO", "commandstats"));
+  return [...stats.matchAll(/cmdstat_eval(?:sha)?:calls=(\d+)/g)]
+    .reduce((sum, [, calls]) => sum + Number(calls), 0);
+}
+
 /** A waiter of another process, played by hand: its entry, queued alive. */
 const OTHER = { process: "other-process", id: "other-waiter-id" };
 
 /**
  * Gives `looper`'s process a holder's turn on `looper.name`, with a waiter
  * of another process queued (played by hand, so that nothing else runs): a
- * release within the tenure of a holding that loops. Resolves `true` once
- * the release is answered with the turn given; `false` when the tenure ran
- * out first (the lock went to the other waiter, and is freed again). The
+ * release within the tenure of a holding that loops. Resolves once the
+ * release is answered with the turn given, with how many scripts the
+ * server had run before it (nothing else runs scripts); `false` when the
+ * tenure ran out first (the lock went to the other waiter, and is freed again). The
  * caller takes the turn before it awaits anything: it ends at the next
  * timer.
  */
@@ -283,7 +291,7 @@ async function turnGiven(
   env: { raw: RespClient },
   looperClient: unknown,
   looper: Lock,
-): Promise<boolean> {
+): Promise<{ scripts: number } | false> {
   const { raw } = env;
   await raw.command("SET", `${ALIVE_PREFIX}${OTHER.process}`, 1, "PX", 60_000);
   await looper.acquire();
@@ -294,9 +302,10 @@ async function turnGiven(
     `lock-queue:${looper.name}`,
     `${OTHER.process}|t1||${OTHER.id}`,
   );
+  const scripts = await scriptRuns(raw);
   await looper.release();
   if (holderTurnsOf(toConnection(looperClient as never)).has(looper.name)) {
-    return true;
+    return { scripts };
   }
   await endOther(env, looper.name);
   return false;
@@ -323,14 +332,12 @@ Deno.test("a holder's turn is taken with no command, under the mark, by an insta
     const looperClient = await env.client();
     const first = new Lock(looperClient, "local", { expire: 30_000 });
     const second = new Lock(looperClient, "local", { expire: 30_000 });
-    if (!await turnGiven(env, looperClient, first)) continue;
+    const given = await turnGiven(env, looperClient, first);
+    if (!given) continue;
     const turns = holderTurnsOf(toConnection(looperClient));
-    // Taken before a timer can fire: no round trip.
-    let timerFired = false;
-    const timer = setTimeout(() => timerFired = true, 0);
     assert.equal(await first.acquire({ blocking: false }), true);
-    assert.equal(timerFired, false, "taken with no round trip");
-    clearTimeout(timer);
+    // No script ran but the release.
+    assert.equal(await scriptRuns(env.raw), given.scripts + 1);
     const firstToken = first.token;
     const firstMark = String(await env.raw.command("GET", "lock:local"));
     assert.ok(firstMark.startsWith(turns.prefix), firstMark);
@@ -364,24 +371,62 @@ Deno.test("a holder's turn is taken with no command, under the mark, by an insta
   assert.fail("no release gave a holder's turn");
 });
 
-Deno.test("a holder's turn taken with no command on a lock without expiry takes the mark's expiry off", async () => {
+Deno.test("a holder's turn is taken with no command only by a lock with the expiry the mark was set with", async () => {
+  await using env = await bed();
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const looperClient = await env.client();
+    const looper = new Lock(looperClient, "expiries", { expire: 30_000 });
+    const shorter = new Lock(looperClient, "expiries", { expire: 5_000 });
+    const given = await turnGiven(env, looperClient, looper);
+    if (!given) continue;
+    assert.equal(await shorter.acquire({ blocking: false }), true);
+    // The release, and the acquire's script.
+    assert.equal(await scriptRuns(env.raw), given.scripts + 2);
+    // Its own expiry, not the mark's 30 s.
+    assert.equal(await env.raw.command("GET", "lock:expiries"), shorter.id);
+    const pttl = Number(await env.raw.command("PTTL", "lock:expiries"));
+    assert.ok(pttl > 0 && pttl <= 5_000, `pttl ${pttl}`);
+    await shorter.release();
+    await endOther(env, "expiries");
+    return;
+  }
+  assert.fail("no release gave a holder's turn");
+});
+
+Deno.test("a holder's turn kept by a process that stalled is taken with a round trip", async () => {
+  await using env = await bed();
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const looperClient = await env.client();
+    const looper = new Lock(looperClient, "stalled", { expire: 30_000 });
+    const given = await turnGiven(env, looperClient, looper);
+    if (!given) continue;
+    // The event loop blocked past HOLDER_TURN: the timer could not run.
+    const until = performance.now() + 10;
+    while (performance.now() < until) { /* busy */ }
+    assert.equal(await looper.acquire({ blocking: false }), true);
+    // The release, and the acquire's script: Redis is asked.
+    assert.equal(await scriptRuns(env.raw), given.scripts + 2);
+    assert.equal(await env.raw.command("GET", "lock:stalled"), looper.id);
+    await looper.release();
+    await endOther(env, "stalled");
+    return;
+  }
+  assert.fail("no release gave a holder's turn");
+});
+
+Deno.test("a holder's turn of a lock without expiry is taken with a round trip, and keeps no expiry", async () => {
   await using env = await bed();
   for (let attempt = 0; attempt < 20; attempt++) {
     const looperClient = await env.client();
     const looper = new Lock(looperClient, "persist");
-    if (!await turnGiven(env, looperClient, looper)) continue;
+    const given = await turnGiven(env, looperClient, looper);
+    if (!given) continue;
     assert.equal(await looper.acquire({ blocking: false }), true);
-    // The mark was set for TURN_LEASE ms: the holding makes it its own.
-    await eventually(
-      async () => await env.raw.command("PTTL", "lock:persist") === -1,
-      "the expiry taken off",
-    );
-    await delay(300);
-    const owner = String(await env.raw.command("GET", "lock:persist"));
-    assert.ok(
-      owner.startsWith(holderTurnsOf(toConnection(looperClient)).prefix),
-      owner,
-    );
+    // The release, and the acquire's script: no holding under a mark that
+    // would need an expiry.
+    assert.equal(await scriptRuns(env.raw), given.scripts + 2);
+    assert.equal(await env.raw.command("GET", "lock:persist"), looper.id);
+    assert.equal(await env.raw.command("PTTL", "lock:persist"), -1);
     await looper.release();
     await endOther(env, "persist");
     return;
