@@ -232,8 +232,6 @@ export class Lock implements AsyncDisposable {
   #controller: AbortController | undefined;
   #released: LockError | undefined;
   #keeping: Keeping | undefined;
-  /** How a holding under a turn's mark is kept, by that mark. */
-  #markKeeping: { mark: string; keeping: Keeping } | undefined;
   #lease: Lease | undefined;
   /**
    * The lock's value while the latest holding lasts: `id`, or the turn's
@@ -404,9 +402,7 @@ export class Lock implements AsyncDisposable {
           this.name,
           ({ epoch, px, since }) =>
             px === this.#expire && epoch === view.known &&
-            performance.now() - since < HOLDER_TURN &&
-            !view.inTurn(this.name) &&
-            performance.now() >= view.graceUntil(this.#expire),
+            performance.now() - since < HOLDER_TURN && !this.#heldBack(view),
         );
         if (taken !== undefined) {
           const { local, tenure, mark } = taken;
@@ -505,12 +501,7 @@ export class Lock implements AsyncDisposable {
     entry = "",
   ): Promise<boolean | undefined> {
     const view = viewOf(this.#connection, this.#keys.fence);
-    if (
-      performance.now() < view.graceUntil(this.#expire) ||
-      view.inTurn(this.name)
-    ) {
-      return false;
-    }
+    if (this.#heldBack(view)) return false;
     const sentAt = performance.now();
     const turns = entry === "" ? holderTurnsOf(this.#connection) : undefined;
     const turn = turns?.take(this.name);
@@ -702,7 +693,19 @@ export class Lock implements AsyncDisposable {
     }
   }
 
-  /** How a holding with the lock set to `id` (this id, or a mark) is kept. */
+  /**
+   * Whether this process must not take the lock now: within the grace after
+   * Redis lost the lock data, or in the racers' turn it gave.
+   */
+  #heldBack(view: ServerView): boolean {
+    return performance.now() < view.graceUntil(this.#expire) ||
+      view.inTurn(this.name);
+  }
+
+  /**
+   * How a holding with the lock set to `id` is kept: this id's keeping, or
+   * one for a turn's mark (each holding has a mark of its own).
+   */
   #keeper(id: string): Keeping {
     const make = () =>
       keeping(
@@ -712,11 +715,7 @@ export class Lock implements AsyncDisposable {
         this.#expire,
         this.#autoRenewal,
       );
-    if (id === this.id) return this.#keeping ??= make();
-    if (this.#markKeeping?.mark !== id) {
-      this.#markKeeping = { mark: id, keeping: make() };
-    }
-    return this.#markKeeping.keeping;
+    return id === this.id ? this.#keeping ??= make() : make();
   }
 
   /**
