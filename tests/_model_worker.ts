@@ -22,6 +22,7 @@
 
 import { Redis } from "ioredis";
 import { Lock, LockLostError, shutdown } from "../mod.ts";
+import { PYTHON_UNLOCK } from "./_python.ts";
 
 const [port, worker] = Deno.args;
 const redis = new Redis(Number(port), "127.0.0.1", {
@@ -42,17 +43,6 @@ interface ModelLock {
   readonly token?: number;
   readonly signal?: AbortSignal;
 }
-
-/** python-redis-lock 4.x's UNLOCK script. */
-const UNLOCK = `if redis.call("get", KEYS[1]) ~= ARGV[1] then
-  return 1
-else
-  redis.call("del", KEYS[2])
-  redis.call("lpush", KEYS[2], 1)
-  redis.call("pexpire", KEYS[2], ARGV[2])
-  redis.call("del", KEYS[1])
-  return 0
-end`;
 
 /**
  * A python-redis-lock `Lock` as its `acquire()` and `release()` run, on a
@@ -122,7 +112,7 @@ class PythonLock implements ModelLock {
   async release(): Promise<void> {
     try {
       const reply = await this.#redis.eval(
-        UNLOCK,
+        PYTHON_UNLOCK,
         2,
         this.#key,
         this.#signal,

@@ -13,6 +13,7 @@ import { acquire, Lock, resetAll, shutdown } from "../mod.ts";
 import { ALIVE_TTL, QUEUE_TTL } from "../src/keys.ts";
 import { bed, delay, eventually } from "./_bed.ts";
 import { denoScript } from "./_deno.ts";
+import { PYTHON_UNLOCK } from "./_python.ts";
 import { RespClient } from "./_resp.ts";
 import { blockedClients, queued } from "./_scenarios.ts";
 import { RedisServer } from "./_server.ts";
@@ -256,18 +257,6 @@ Deno.test("a wake-up taken for a name no longer waited for is put back with the 
     id: await env.command("GET", "lock:put-back:other") as string,
   }).release();
 });
-
-/** python-redis-lock 4.x's UNLOCK script, as its release runs it. */
-const PYTHON_UNLOCK = `
-if redis.call("get", KEYS[1]) ~= ARGV[1] then
-  return 1
-else
-  redis.call("del", KEYS[2])
-  redis.call("lpush", KEYS[2], 1)
-  redis.call("pexpire", KEYS[2], ARGV[2])
-  redis.call("del", KEYS[1])
-  return 0
-end`;
 
 /**
  * python-redis-lock's waiter, command for command: `SET NX EX`, and while

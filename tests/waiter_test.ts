@@ -6,7 +6,14 @@
  */
 
 import assert from "node:assert/strict";
-import { acquire, Lock, NotAcquiredError, shutdown } from "../mod.ts";
+import type { Redis } from "ioredis";
+import {
+  acquire,
+  Lock,
+  type LockOptions,
+  NotAcquiredError,
+  shutdown,
+} from "../mod.ts";
 import { bed, eventually } from "./_bed.ts";
 import { DbRedisShape, RespClient } from "./_resp.ts";
 import { ACQUIRE } from "../src/scripts.ts";
@@ -289,7 +296,7 @@ const OTHER = { process: "other-process", id: "other-waiter-id" };
  */
 async function turnGiven(
   env: { raw: RespClient },
-  looperClient: unknown,
+  looperClient: Redis,
   looper: Lock,
 ): Promise<{ scripts: number } | false> {
   const { raw } = env;
@@ -304,7 +311,7 @@ async function turnGiven(
   );
   const scripts = await scriptRuns(raw);
   await looper.release();
-  if (holderTurnsOf(toConnection(looperClient as never)).has(looper.name)) {
+  if (holderTurnsOf(toConnection(looperClient)).has(looper.name)) {
     return { scripts };
   }
   await endOther(env, looper.name);
@@ -326,28 +333,50 @@ async function endOther(env: { raw: RespClient }, name: string) {
   await env.raw.command("DEL", `lock-wake:${OTHER.process}`);
 }
 
+/**
+ * Runs `body` once a release of `looper` (`new Lock(client, name, options)`
+ * on a new client) gave its process a holder's turn, with `scripts` the
+ * server had run before that release; tries again with new clients when
+ * the tenure ran out first, or `body` says `false`. Clears the name after.
+ */
+async function onTurn(
+  env: Awaited<ReturnType<typeof bed>>,
+  name: string,
+  options: LockOptions,
+  body: (turn: {
+    client: Redis;
+    looper: Lock;
+    scripts: number;
+  }) => Promise<boolean | void>,
+): Promise<void> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const client = await env.client();
+    const looper = new Lock(client, name, options);
+    const given = await turnGiven(env, client, looper);
+    if (!given) continue;
+    const done = await body({ client, looper, scripts: given.scripts });
+    await endOther(env, name);
+    if (done !== false) return;
+  }
+  assert.fail("no release gave a holder's turn");
+}
+
 Deno.test("a holder's turn is taken with no command, under the mark, by an instance of the process with an id of its own", async () => {
   await using env = await bed();
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const looperClient = await env.client();
-    const first = new Lock(looperClient, "local", { expire: 30_000 });
-    const second = new Lock(looperClient, "local", { expire: 30_000 });
-    const given = await turnGiven(env, looperClient, first);
-    if (!given) continue;
-    const turns = holderTurnsOf(toConnection(looperClient));
-    assert.equal(await first.acquire({ blocking: false }), true);
+  const options = { expire: 30_000 };
+  await onTurn(env, "local", options, async ({ client, looper, scripts }) => {
+    const second = new Lock(client, "local", options);
+    const turns = holderTurnsOf(toConnection(client));
+    assert.equal(await looper.acquire({ blocking: false }), true);
     // No script ran but the release.
-    assert.equal(await scriptRuns(env.raw), given.scripts + 1);
-    const firstToken = first.token;
+    assert.equal(await scriptRuns(env.raw), scripts + 1);
+    const firstToken = looper.token;
     const firstMark = String(await env.raw.command("GET", "lock:local"));
     assert.ok(firstMark.startsWith(turns.prefix), firstMark);
     // Held under the mark, its release gives the next turn, if still
     // within the tenure.
-    await first.release();
-    if (!turns.has("local")) {
-      await endOther(env, "local");
-      continue;
-    }
+    await looper.release();
+    if (!turns.has("local")) return false;
     assert.equal(await second.acquire({ blocking: false }), true);
     const mark = String(await second.ownerId());
     assert.ok(mark.startsWith(turns.prefix), mark);
@@ -361,77 +390,55 @@ Deno.test("a holder's turn is taken with no command, under the mark, by an insta
     await second.extend(40_000);
     assert.ok(Number(await env.raw.command("PTTL", "lock:local")) > 30_000);
     // A release of the ended holding does not touch the one under the mark.
-    await assert.rejects(first.release(), NotAcquiredError);
+    await assert.rejects(looper.release(), NotAcquiredError);
     assert.equal(await env.raw.command("GET", "lock:local"), mark);
     assert.equal(second.signal.aborted, false);
     await second.release();
-    await endOther(env, "local");
-    return;
-  }
-  assert.fail("no release gave a holder's turn");
+  });
 });
 
 Deno.test("a holder's turn is taken with no command only by a lock with the expiry the mark was set with", async () => {
   await using env = await bed();
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const looperClient = await env.client();
-    const looper = new Lock(looperClient, "expiries", { expire: 30_000 });
-    const shorter = new Lock(looperClient, "expiries", { expire: 5_000 });
-    const given = await turnGiven(env, looperClient, looper);
-    if (!given) continue;
+  await onTurn(env, "expiries", { expire: 30_000 }, async (turn) => {
+    const shorter = new Lock(turn.client, "expiries", {
+      expire: 5_000,
+    });
     assert.equal(await shorter.acquire({ blocking: false }), true);
     // The release, and the acquire's script.
-    assert.equal(await scriptRuns(env.raw), given.scripts + 2);
+    assert.equal(await scriptRuns(env.raw), turn.scripts + 2);
     // Its own expiry, not the mark's 30 s.
     assert.equal(await env.raw.command("GET", "lock:expiries"), shorter.id);
     const pttl = Number(await env.raw.command("PTTL", "lock:expiries"));
     assert.ok(pttl > 0 && pttl <= 5_000, `pttl ${pttl}`);
     await shorter.release();
-    await endOther(env, "expiries");
-    return;
-  }
-  assert.fail("no release gave a holder's turn");
+  });
 });
 
 Deno.test("a holder's turn kept by a process that stalled is taken with a round trip", async () => {
   await using env = await bed();
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const looperClient = await env.client();
-    const looper = new Lock(looperClient, "stalled", { expire: 30_000 });
-    const given = await turnGiven(env, looperClient, looper);
-    if (!given) continue;
+  await onTurn(env, "stalled", { expire: 30_000 }, async (turn) => {
     // The event loop blocked past HOLDER_TURN: the timer could not run.
     const until = performance.now() + 10;
     while (performance.now() < until) { /* busy */ }
-    assert.equal(await looper.acquire({ blocking: false }), true);
+    assert.equal(await turn.looper.acquire({ blocking: false }), true);
     // The release, and the acquire's script: Redis is asked.
-    assert.equal(await scriptRuns(env.raw), given.scripts + 2);
-    assert.equal(await env.raw.command("GET", "lock:stalled"), looper.id);
-    await looper.release();
-    await endOther(env, "stalled");
-    return;
-  }
-  assert.fail("no release gave a holder's turn");
+    assert.equal(await scriptRuns(env.raw), turn.scripts + 2);
+    assert.equal(await env.raw.command("GET", "lock:stalled"), turn.looper.id);
+    await turn.looper.release();
+  });
 });
 
 Deno.test("a holder's turn of a lock without expiry is taken with a round trip, and keeps no expiry", async () => {
   await using env = await bed();
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const looperClient = await env.client();
-    const looper = new Lock(looperClient, "persist");
-    const given = await turnGiven(env, looperClient, looper);
-    if (!given) continue;
-    assert.equal(await looper.acquire({ blocking: false }), true);
+  await onTurn(env, "persist", {}, async (turn) => {
+    assert.equal(await turn.looper.acquire({ blocking: false }), true);
     // The release, and the acquire's script: no holding under a mark that
     // would need an expiry.
-    assert.equal(await scriptRuns(env.raw), given.scripts + 2);
-    assert.equal(await env.raw.command("GET", "lock:persist"), looper.id);
+    assert.equal(await scriptRuns(env.raw), turn.scripts + 2);
+    assert.equal(await env.raw.command("GET", "lock:persist"), turn.looper.id);
     assert.equal(await env.raw.command("PTTL", "lock:persist"), -1);
-    await looper.release();
-    await endOther(env, "persist");
-    return;
-  }
-  assert.fail("no release gave a holder's turn");
+    await turn.looper.release();
+  });
 });
 
 Deno.test("an acquire that takes its turn after the lock data was lost ends the turn at once", async () => {
