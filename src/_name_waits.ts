@@ -11,6 +11,8 @@
  * | `queued`  | one entry, for `wait`, under `ticket`               |
  * | `handed`  | the lock, held by `wait.id`, with a known token     |
  * | `owned`   | the lock, held by `wait.id`, token not known        |
+ * | `holds`   | nothing queued: a wait of the process took the lock |
+ * | `lent`    | what a release in flight of the process leaves      |
  * | `unsure`  | any of `candidates`' entries or holdings, or none   |
  *
  * Invariants, kept by construction:
@@ -26,6 +28,14 @@
  * - The driver ends only with the presence `none` and every wait settled:
  *   nothing of a settled wait stays in Redis (unless Redis stayed
  *   unreachable through a shutdown).
+ * - One command may be sent by another than the driver: the release of a
+ *   holding the process took for one of its waits (`holds`) queues the next
+ *   local wait in the same script, and is handed the lock in the reply when
+ *   nobody is queued before it (see `lend`): a process whose tasks take
+ *   turns on a name runs one script per acquisition. Until that release
+ *   is settled (`lent`), the driver sends nothing for the name; a release
+ *   that does not come within `HOLDER_TURN` ms leaves the driver to queue the
+ *   next wait itself.
  *
  * @module
  */
@@ -34,8 +44,9 @@ import { classify } from "./_failure.ts";
 import type { Acquisition, Wait } from "./_wait.ts";
 import type { ServerView } from "./_server_view.ts";
 import { AlreadyAcquiredError, LockError } from "./errors.ts";
-import { HAND_OVER_EXPIRE, type LockKeys } from "./keys.ts";
+import { HAND_OVER_EXPIRE, HOLDER_TURN, type LockKeys, TURN } from "./keys.ts";
 import { MAX_TIMER_DELAY } from "./options.ts";
+import type { Reply } from "./clients.ts";
 import {
   ACQUIRE,
   CANCEL,
@@ -100,12 +111,37 @@ type Presence =
   }
   | { readonly kind: "owned"; readonly wait: Wait }
   | {
+    readonly kind: "holds";
+    /** After this (`performance.now()`) the driver queues the next wait. */
+    readonly until: number;
+  }
+  | {
+    readonly kind: "lent";
+    readonly ticket: string;
+    readonly entry: string;
+    readonly wait: Wait;
+  }
+  | {
     readonly kind: "unsure";
     readonly ticket?: string;
     readonly candidates: readonly Candidate[];
   };
 
 const NONE: Presence = { kind: "none" };
+
+/**
+ * A release that queues the next local wait of the name (see
+ * `NameWaits.lend`).
+ */
+export interface Lent {
+  /** The wait's queue entry, RELEASE's next entry. */
+  readonly entry: string;
+  /**
+   * What the release did: its reply, `undefined` when it failed (the reply
+   * may be lost); `sentAt` when it was sent (`performance.now()`).
+   */
+  settle(reply: Reply | undefined, sentAt: number): void;
+}
 
 /** Backoff of the driver after a failed command, in ms. */
 const RETRY_MIN = 50;
@@ -231,6 +267,74 @@ export class NameWaits {
     this.poke();
   }
 
+  /**
+   * A release of the lock by this process is about to be sent: when a wait
+   * of the process took the lock (`holds`) and another wants it, the
+   * release queues that one (its entry is returned) and hands it the lock
+   * in the reply if nobody is queued before it. Until `settle`, the driver
+   * sends nothing for the name.
+   */
+  lend(): Lent | undefined {
+    if (this.#presence.kind !== "holds" || this.#context.abandoned) {
+      return undefined;
+    }
+    const wait = this.waits.find((other) => other.wants);
+    if (wait === undefined) return undefined;
+    const ticket = this.#context.ticket();
+    const entry = this.#entry(ticket, wait);
+    this.#context.register(ticket, this);
+    const lent = { kind: "lent", ticket, entry, wait } as const;
+    this.#presence = lent;
+    return {
+      entry,
+      settle: (reply, sentAt) => this.#settle(lent, reply, sentAt),
+    };
+  }
+
+  /**
+   * What a release that queued `lent`'s entry did: handed it the lock, let
+   * the lock go to another (or free for racers) with the entry queued, or,
+   * when it did not hold the lock or its reply was lost, what Redis says.
+   */
+  #settle(
+    lent: Extract<Presence, { kind: "lent" }>,
+    reply: Reply | undefined,
+    sentAt: number,
+  ): void {
+    // Dropped meanwhile (a shutdown nobody answered).
+    if (this.#presence !== lent) return;
+    const { ticket, entry, wait } = lent;
+    const [status, handedTo, token] = Array.isArray(reply) ? reply : [reply];
+    if (status === 3 && String(handedTo) === ticket) {
+      this.#retire(ticket);
+      this.#presence = {
+        kind: "handed",
+        wait,
+        acquisition: {
+          token: Number(token),
+          since: sentAt,
+          initial: wait.request.expire,
+        },
+      };
+    } else if (status === 0 || status === 2 || status === 3) {
+      this.#presence = { kind: "queued", ticket, entry, wait, since: sentAt };
+      // Handed to another: if it died, its hold ends by then. Free for
+      // racers: the signal list is theirs till the turn ends.
+      if (status === 2) this.#quietUntil = now() + TURN;
+      this.#armExpiry(status === 2 ? TURN : HAND_OVER_EXPIRE);
+      this.#context.pump();
+    } else {
+      // Not held by the releaser (nothing was queued), or run again after a
+      // lost reply (its first run may have): Redis says.
+      this.#presence = {
+        kind: "unsure",
+        ticket,
+        candidates: [{ wait, entry }],
+      };
+    }
+    this.poke();
+  }
+
   /** Fails every wait that still wants the lock. */
   failAll(error: unknown): void {
     for (const wait of this.waits) wait.fail(error);
@@ -271,6 +375,8 @@ export class NameWaits {
         return new Set();
       case "unsure":
         return new Set(presence.candidates.map(({ wait }) => wait));
+      case "holds":
+        return new Set();
       default:
         return new Set([presence.wait]);
     }
@@ -305,10 +411,19 @@ export class NameWaits {
         if (initial !== undefined && at - since > initial / 3) {
           return () => this.#claim(wait);
         }
-        this.#presence = NONE;
+        // The release of this holding queues the next wait (see `lend`).
+        this.#presence = { kind: "holds", until: at + HOLDER_TURN };
         wait.resolve(acquisition);
         return this.#decide();
       }
+      case "holds":
+        if (at < presence.until && this.waits.some((wait) => wait.wants)) {
+          return this.#wakeAt(presence.until);
+        }
+        this.#presence = NONE;
+        return this.#decide();
+      case "lent":
+        return undefined;
       case "owned": {
         const { wait } = presence;
         return wait.wants ? () => this.#claim(wait) : () => this.#passOn(wait);
@@ -383,7 +498,10 @@ export class NameWaits {
    */
   #drop(): void {
     const presence = this.#presence;
-    if (presence.kind === "queued" || presence.kind === "unsure") {
+    if (
+      presence.kind === "queued" || presence.kind === "unsure" ||
+      presence.kind === "lent"
+    ) {
       this.#retire(presence.ticket);
     }
     this.#presence = NONE;

@@ -4,7 +4,12 @@
  * @module
  */
 
-import { type Connection, type RedisClient, toConnection } from "./clients.ts";
+import {
+  type Connection,
+  type RedisClient,
+  type Reply,
+  toConnection,
+} from "./clients.ts";
 import {
   AcquireTimeoutError,
   AlreadyAcquiredError,
@@ -759,18 +764,53 @@ export class Lock implements AsyncDisposable {
   async #releaseQuietly(id: string = this.id): Promise<void> {
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
-        await releaseScripts[+this.#pythonPeers](this.#keys).handOver(
-          this.#connection,
-          this.#keys,
-          this.#signalExpire,
-          [id],
-        );
+        await this.#letGo([id], this.#waiterHere());
         return;
       } catch (error) {
         if (classify(error) === "permanent") return;
         await new Promise((resolve) => setTimeout(resolve, 100 * 3 ** attempt));
       }
     }
+  }
+
+  /** The waiter of this process that waits for the name, if any. */
+  #waiterHere(): Waiter | undefined {
+    return this.#keys.cluster
+      ? undefined
+      : waiterFor(this.#connection, this.name);
+  }
+
+  /**
+   * Runs RELEASE with `args` (the id first). A waiter of this process that
+   * waits for the name (`here`) is handed the lock in the reply; when one
+   * of its waits took the lock, the release queues its next wait first (see
+   * `NameWaits.lend`), which is settled on every path.
+   */
+  async #letGo(
+    args: readonly string[],
+    here: Waiter | undefined,
+  ): Promise<Reply> {
+    const lent = here?.lend(this.name);
+    const sentAt = performance.now();
+    let reply: Reply | undefined;
+    try {
+      reply = await releaseScripts[+this.#pythonPeers](this.#keys).handOver(
+        this.#connection,
+        this.#keys,
+        this.#signalExpire,
+        here === undefined
+          ? args
+          : lent === undefined
+          ? [...args, here.process]
+          : [...args, here.process, "", "", "", lent.entry],
+      );
+    } finally {
+      lent?.settle(reply, sentAt);
+    }
+    if (Array.isArray(reply) && reply[0] === 3) {
+      here?.handedHere(String(reply[1]), Number(reply[2]), sentAt);
+    }
+    return reply;
   }
 
   /**
@@ -801,9 +841,7 @@ export class Lock implements AsyncDisposable {
     );
     // A waiter of this process is handed the lock in the reply; else a
     // holding that loops asks for a holder's turn.
-    const here = this.#keys.cluster
-      ? undefined
-      : waiterFor(this.#connection, this.name);
+    const here = this.#waiterHere();
     const turns = this.#keys.cluster
       ? undefined
       : holderTurnsOf(this.#connection);
@@ -825,16 +863,12 @@ export class Lock implements AsyncDisposable {
       "release",
       this.name,
       () =>
-        releaseScripts[+this.#pythonPeers](this.#keys).handOver(
-          this.#connection,
-          this.#keys,
-          this.#signalExpire,
-          askTurn
-            ? [id, "", mark, known, String(px ?? TURN_LEASE)]
-            : here === undefined
-            ? [id]
-            : [id, here.process],
-        ),
+        askTurn
+          ? this.#letGo(
+            [id, "", mark, known, String(px ?? TURN_LEASE)],
+            undefined,
+          )
+          : this.#letGo([id], here),
     ).catch((error) => {
       if (askTurn) turns!.mayHaveLeft(endTurn);
       throw error;
@@ -849,11 +883,8 @@ export class Lock implements AsyncDisposable {
       return;
     }
     if (reply === 1 && askTurn) turns!.mayHaveLeft(endTurn);
-    if (Array.isArray(reply)) {
-      const [, ticket, token] = reply;
-      here?.handedHere(String(ticket), Number(token), sentAt);
-      return;
-    }
+    // Handed to a waiter of this process (see #letGo).
+    if (Array.isArray(reply)) return;
     if (reply === 1) {
       throw new NotAcquiredError(
         `Lock '${this.name}' is not acquired with id '${this.id}' or it already expired`,

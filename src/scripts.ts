@@ -383,6 +383,25 @@ end
 }
 
 /**
+ * Statements by which a release queues the next local wait of the caller's
+ * waiting process (RELEASE's ARGV[7], an entry of the process ARGV[3])
+ * before it lets the lock go: at the end of the queue, once however often
+ * this runs, with the process marked alive. Let go as usual, the lock goes
+ * to that entry when nobody is queued before it (then in the reply, as to
+ * any waiter of the releasing process), and racers' turns count it as any
+ * queued waiter.
+ */
+const QUEUE_NEXT = `
+if ARGV[7] and ARGV[7] ~= '' then
+  if not redis.call('lpos', KEYS[3], ARGV[7]) then
+    redis.call('rpush', KEYS[3], ARGV[7])
+  end
+  redis.call('pexpire', KEYS[3], ${QUEUE_TTL})
+  redis.call('set', '${ALIVE_PREFIX}' .. ARGV[3], 1, 'PX', ${ALIVE_TTL})
+end
+`;
+
+/**
  * Marks the caller's process alive (ACQUIRE's ARGV[3] is `<process>|…`).
  */
 const MARK_PROCESS_ALIVE =
@@ -508,7 +527,9 @@ export const C_ACQUIRE: string = acquireSource(true);
  * Cluster). ARGV: signal expiry, id, and on one server the caller's waiting
  * process ("" or absent if none), and when it asks for a holder's turn
  * (else "" or absent) the turn's mark, the epoch the caller knows and the
- * expiry in ms of the process's next holding.
+ * expiry in ms of the process's next holding, and the entry of the waiting
+ * process's next local wait, to queue first (else "" or absent: see
+ * `QUEUE_NEXT`).
  * If this id holds the lock, lets it go: to the caller's process for a
  * holder's turn, to the first queued waiter alive, to racers for their
  * turn, or else deletes it and leaves one wake-up in the signal list
@@ -528,7 +549,7 @@ end
 ${
     cluster
       ? letGo(true, "false", python)
-      : giveTurn(python) + letGo(false, "ARGV[3]", python, true)
+      : QUEUE_NEXT + giveTurn(python) + letGo(false, "ARGV[3]", python, true)
   }
 ${
     cluster

@@ -40,7 +40,7 @@ import { shutdownClusterWaits } from "./_cluster_waits.ts";
 import { PollingPop } from "./_polling_pop.ts";
 import { PubSubPop } from "./_pubsub_pop.ts";
 import type { Transport } from "./options.ts";
-import { NameWaits, type WaiterContext } from "./_name_waits.ts";
+import { type Lent, NameWaits, type WaiterContext } from "./_name_waits.ts";
 import { OwnedConnection, sleep } from "./_owned_connection.ts";
 import { type ServerView, viewOf } from "./_server_view.ts";
 import { type Acquisition, Wait, type WaitRequest } from "./_wait.ts";
@@ -230,6 +230,15 @@ export class Waiter implements WaiterContext {
    */
   handedHere(ticket: string, token: number, sentAt: number): void {
     this.#tickets.get(ticket)?.mail(ticket, token, sentAt, true);
+  }
+
+  /**
+   * A release of the lock `name` by this process is about to be sent: the
+   * next local wait to queue in the same script, if any (see
+   * `NameWaits.lend`).
+   */
+  lend(name: string): Lent | undefined {
+    return this.#names.get(name)?.lend();
   }
 
   register(ticket: string, waits: NameWaits): void {

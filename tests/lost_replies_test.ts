@@ -296,3 +296,43 @@ Deno.test("a release that hands the lock to a waiter of its own process, its rep
     await close(app);
   }
 });
+
+Deno.test("a release that queues the next wait of its process, its reply lost or its script run twice, still gives that wait the lock", async () => {
+  await using env = await bed();
+  for (const resend of [false, true]) {
+    const name = `lent-${resend}`;
+    await noTurn(env, name);
+    await using proxy = new ReplyDropper(env.server.port);
+    const app = resend ? new Redis(proxy.port) : noResend(proxy);
+    app.on("error", () => {});
+    try {
+      const options = { expire: 60_000 };
+      const holder = new Lock(app, name, options);
+      await holder.acquire();
+      await holder.release(); // the scripts are loaded
+      await holder.acquire();
+      const first = new Lock(app, name, options);
+      const firstWaits = first.acquire({ timeout: 10_000 });
+      await queued({ raw: env.command }, name);
+      // Waits in the process behind `first`, not queued: the release of
+      // `first` queues it, and hands it the lock, in one script.
+      const next = new Lock(app, name, options);
+      const nextWaits = next.acquire({ timeout: 10_000 });
+      await delay(20);
+      await holder.release(); // handed to `first` in its reply
+      assert.equal(await firstWaits, true);
+      proxy.dropOn = 0; // the application's connection: the release's reply
+      proxy.dropNextReply = true;
+      await assert.rejects(first.release(), LockError);
+      assert.equal(await nextWaits, true);
+      assert.equal(await env.command("GET", `lock:${name}`), next.id);
+      assert.ok(next.token > first.token);
+      await next.release();
+      assert.equal(await env.command("EXISTS", `lock:${name}`), 0);
+      assert.equal(await env.command("EXISTS", `lock-queue:${name}`), 0);
+    } finally {
+      await shutdown(app);
+      await close(app);
+    }
+  }
+});

@@ -538,6 +538,132 @@ Deno.test("waiters of one process get the lock at once after a release of their 
   await shutdown(client);
 });
 
+/** No racers' turn is due on `name` for a minute: releases hand over. */
+async function noRacersTurn(env: { raw: RespClient }, name: string) {
+  await env.raw.command("SET", `lock-turn:${name}`, "q", "PX", 60_000);
+}
+
+Deno.test("tasks of one process that take turns on a name run one script per acquisition", async () => {
+  await using env = await bed();
+  await noRacersTurn(env, "tasks");
+  const client = await env.client();
+  const before = await scriptRuns(env.raw);
+  let inside = 0;
+  let last = 0;
+  await Promise.all(Array.from({ length: 8 }, async () => {
+    const lock = new Lock(client, "tasks", { expire: 30_000 });
+    for (let i = 0; i < 25; i++) {
+      assert.equal(await lock.acquire({ timeout: 10_000 }), true);
+      assert.equal(++inside, 1, "one holder at a time");
+      assert.ok(lock.token > last, "tokens increase");
+      last = lock.token;
+      await Promise.resolve();
+      inside--;
+      await lock.release();
+    }
+  }));
+  const scripts = await scriptRuns(env.raw) - before;
+  // The release that hands the lock on queues the next task in the same
+  // script: no script of the waiter between. (Two per acquisition without.)
+  assert.ok(scripts <= 200 + 20, `${scripts} scripts for 200 acquisitions`);
+  assert.equal(await env.raw.command("EXISTS", "lock:tasks"), 0);
+  assert.equal(await env.raw.command("EXISTS", "lock-queue:tasks"), 0);
+  await shutdown(client);
+});
+
+Deno.test("the release of a holding a wait took queues the next local wait behind another process's waiter queued before", async () => {
+  await using env = await bed();
+  const name = "lent";
+  await noRacersTurn(env, name);
+  await env.raw.command(
+    "SET",
+    `${ALIVE_PREFIX}${OTHER.process}`,
+    1,
+    "PX",
+    60_000,
+  );
+  const client = await env.client();
+  const options = { expire: 30_000 };
+  await (await acquire(client, name, options)).release(); // scripts loaded
+  const holder = await acquire(client, name, options);
+  const first = new Lock(client, name, options);
+  const firstWaits = first.acquire({ timeout: 10_000 });
+  await queued({ raw: env.command }, name);
+  await env.raw.command(
+    "RPUSH",
+    `lock-queue:${name}`,
+    `${OTHER.process}|t1||${OTHER.id}`,
+  );
+  // Waits in the process behind `first`, not queued.
+  const next = new Lock(client, name, options);
+  const nextWaits = next.acquire({ timeout: 10_000 });
+  nextWaits.catch(() => {}); // awaited below
+  const before = await scriptRuns(env.raw);
+  await holder.release(); // handed to `first` in its reply
+  assert.equal(await firstWaits, true);
+  await first.release();
+  // The two releases, and no script of the waiter: `next` was queued by the
+  // second release, after the other process's waiter, which has the lock.
+  assert.equal(await scriptRuns(env.raw) - before, 2);
+  assert.equal(await env.raw.command("GET", `lock:${name}`), OTHER.id);
+  const entries = await env.raw.command(
+    "LRANGE",
+    `lock-queue:${name}`,
+    0,
+    -1,
+  ) as string[];
+  assert.equal(entries.length, 1);
+  assert.ok(entries[0].endsWith(`|30000|${next.id}`), entries[0]);
+  await new Lock(await env.client(), name, { id: OTHER.id }).release();
+  assert.equal(await nextWaits, true);
+  assert.ok(next.token > first.token);
+  await next.release();
+  assert.equal(await env.raw.command("EXISTS", `lock:${name}`), 0);
+  assert.equal(await env.raw.command("EXISTS", `lock-queue:${name}`), 0);
+  await shutdown(client);
+});
+
+Deno.test("a holding a wait took and keeps for long: the next local wait queues itself, before a waiter that comes later", async () => {
+  await using env = await bed();
+  const name = "kept";
+  await noRacersTurn(env, name);
+  await env.raw.command(
+    "SET",
+    `${ALIVE_PREFIX}${OTHER.process}`,
+    1,
+    "PX",
+    60_000,
+  );
+  const client = await env.client();
+  const options = { expire: 30_000 };
+  const holder = await acquire(await env.client(), name, options);
+  const first = new Lock(client, name, options);
+  const firstWaits = first.acquire({ timeout: 10_000 });
+  await queued({ raw: env.command }, name);
+  // Waits in the process behind `first`, not queued.
+  const next = new Lock(client, name, options);
+  const nextWaits = next.acquire({ timeout: 10_000 });
+  await delay(20);
+  assert.equal(await env.raw.command("LLEN", `lock-queue:${name}`), 1);
+  await holder.release(); // handed to `first` through its wake list
+  assert.equal(await firstWaits, true);
+  assert.equal(await env.raw.command("LLEN", `lock-queue:${name}`), 0);
+  // Not released within HOLDER_TURN: `next` queues, as it would have at
+  // once, before a waiter of another process that comes after.
+  await queued({ raw: env.command }, name);
+  await env.raw.command(
+    "RPUSH",
+    `lock-queue:${name}`,
+    `${OTHER.process}|t1||${OTHER.id}`,
+  );
+  await first.release();
+  assert.equal(await nextWaits, true);
+  assert.equal(await env.raw.command("GET", `lock:${name}`), next.id);
+  await next.release();
+  await endOther(env, name);
+  await shutdown(client);
+});
+
 Deno.test("a waiter that died while queued delays the lock by at most the hand-over expiry", async () => {
   await using env = await bed();
   const holder = await acquire(await env.client(), "died");
