@@ -126,9 +126,14 @@ ${draw(4)}
  * `self` (a Lua expression) is the process that lets the lock go, if it
  * waits too: a hand-over to one of its own waiters (`here`) pushes nothing,
  * as the reply carries it, and sets the waiter's own expiry, as the process
- * is running.
+ * is running. With `direct` (RELEASE: see `QUEUE_NEXT`), the local `direct`
+ * true says the entry ARGV[7] comes first, as if queued alone.
  */
-function handOver(cluster: boolean, self = "false"): string {
+function handOver(
+  cluster: boolean,
+  self = "false",
+  direct = false,
+): string {
   const alive = cluster
     ? `
   local aliveUntil = process and redis.call('hget', KEYS[6], process)
@@ -149,14 +154,24 @@ function handOver(cluster: boolean, self = "false"): string {
       redis.call('publish', wake, '1')
     end
   end`;
-  return `
-local entry, process, ticket, px, id
-${cluster ? NOW_MS.replaceAll("nowMs", "aliveNow") : ""}
+  const pop = `
 while true do
   entry = redis.call('lpop', KEYS[3])
   if not entry then break end
   process, ticket, px, id = string.match(entry, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')${alive}
-end
+end`;
+  return `
+local entry, process, ticket, px, id
+${cluster ? NOW_MS.replaceAll("nowMs", "aliveNow") : ""}${
+    direct
+      ? `
+if direct then
+  entry = ARGV[7]
+  process, ticket, px, id = string.match(entry, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+else${pop}
+end`
+      : pop
+  }
 local here = entry and process == ${self}
 local handedToken
 if entry then
@@ -244,7 +259,8 @@ end
  * leave it to racers. With nobody alive queued, the lock is deleted with a
  * wake-up in the signal list (python-redis-lock's UNLOCK). They leave
  * `opened` true when a turn opened, and `handedHere` `{ticket, token}` when
- * the lock went to a waiter of `self` (see `handOver`).
+ * the lock went to a waiter of `self` (see `handOver`; `direct`: see
+ * `QUEUE_NEXT`).
  *
  * On a Cluster (KEYS[6]: the lock's liveness hash) there are no racers'
  * turns, and a lock freed with nobody alive queued is announced on the
@@ -260,6 +276,7 @@ function letGo(
   self = "false",
   python = true,
   waitingKnown = false,
+  direct = false,
 ): string {
   if (cluster) {
     return `
@@ -279,10 +296,10 @@ end
   return `
 local opened = false
 ${waitingKnown ? "" : "local waiting = redis.call('llen', KEYS[3]) > 0"}
-${python ? racersTurn() : ""}
+${python ? racersTurn(direct) : ""}
 local handed, handedHere = false, false
 if waiting and not opened then
-  ${handOver(false, self)}
+  ${handOver(false, self, direct)}
   handed = entry and true or false
   if here then handedHere = {ticket, handedToken} end
 end
@@ -297,7 +314,7 @@ end
  * Statements of `letGo` (with `waiting`, `opened` in locals) that open or
  * count down the racers' turn while waiters of this library are queued.
  */
-function racersTurn(): string {
+function racersTurn(direct: boolean): string {
   return `
 if waiting then
   ${turnState(5, 2, 3)}
@@ -305,6 +322,14 @@ if waiting then
     -- A racer took the lock in its turn and lets it go now.
     redis.call('set', KEYS[5], 'u' .. redis.call('llen', KEYS[3]), 'PX', ${TURN_MEMORY})
   elseif not turn or turn == 'u0' then
+    ${
+    direct
+      ? `if direct then
+      ${QUEUE_ENTRY}
+      direct = false
+    end`
+      : ""
+  }
     local clock = redis.call('time')
     local ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
     redis.call('set', KEYS[5], 'o' .. string.format('%d', ms + ${TURN}), 'PX', ${
@@ -353,8 +378,8 @@ end
  * knows (ARGV[5]), for ARGV[6] ms (the expiry of the process's next
  * holding) with the token of that holding drawn, which an acquire of the
  * process may take with no command: `{4, token}`.
- * (Without `python`, there are no racers' turns.) They leave `waiting`
- * (whether anyone is queued) in a local, for `letGo`.
+ * (Without `python`, there are no racers' turns.) They read `waiting`
+ * (whether anyone is queued), which `QUEUE_NEXT` leaves.
  */
 function giveTurn(python: boolean): string {
   const racersOpen = python
@@ -366,7 +391,6 @@ function giveTurn(python: boolean): string {
   end`
     : "";
   return `
-local waiting = redis.call('llen', KEYS[3]) > 0
 if ARGV[4] and ARGV[4] ~= '' and waiting then
   local open = false${racersOpen}
   if not open then
@@ -383,21 +407,37 @@ end
 }
 
 /**
- * Statements by which a release queues the next local wait of the caller's
- * waiting process (RELEASE's ARGV[7], an entry of the process ARGV[3])
- * before it lets the lock go: at the end of the queue, once however often
- * this runs, with the process marked alive. Let go as usual, the lock goes
- * to that entry when nobody is queued before it (then in the reply, as to
- * any waiter of the releasing process), and racers' turns count it as any
- * queued waiter.
+ * Statements that queue RELEASE's ARGV[7], an entry of the caller's
+ * process ARGV[3]: at the end of the queue, once however often they run,
+ * with the process marked alive.
+ */
+const QUEUE_ENTRY = `
+if not redis.call('lpos', KEYS[3], ARGV[7]) then
+  redis.call('rpush', KEYS[3], ARGV[7])
+end
+redis.call('pexpire', KEYS[3], ${QUEUE_TTL})
+redis.call('set', '${ALIVE_PREFIX}' .. ARGV[3], 1, 'PX', ${ALIVE_TTL})
+`;
+
+/**
+ * Statements by which a release takes the next local wait of the caller's
+ * waiting process (RELEASE's ARGV[7]) into the queue before it lets the lock
+ * go: queued behind anyone queued, it gets the lock in turn; with nobody
+ * queued, it is first (`direct`: not pushed, only to be popped at once, and
+ * queued if a racers' turn opens instead), and the lock goes to it in the
+ * reply, as to any waiter of the releasing process. They leave `waiting`
+ * (whether anyone is queued, that entry included) and `direct` in locals.
  */
 const QUEUE_NEXT = `
+local waiting = redis.call('llen', KEYS[3]) > 0
+local direct = false
 if ARGV[7] and ARGV[7] ~= '' then
-  if not redis.call('lpos', KEYS[3], ARGV[7]) then
-    redis.call('rpush', KEYS[3], ARGV[7])
+  if waiting then
+    ${QUEUE_ENTRY}
+  else
+    direct = true
   end
-  redis.call('pexpire', KEYS[3], ${QUEUE_TTL})
-  redis.call('set', '${ALIVE_PREFIX}' .. ARGV[3], 1, 'PX', ${ALIVE_TTL})
+  waiting = true
 end
 `;
 
@@ -547,9 +587,8 @@ if redis.call('get', KEYS[1]) ~= ARGV[2] then
   return 1
 end
 ${
-    cluster
-      ? letGo(true, "false", python)
-      : QUEUE_NEXT + giveTurn(python) + letGo(false, "ARGV[3]", python, true)
+    cluster ? letGo(true, "false", python) : QUEUE_NEXT + giveTurn(python) +
+      letGo(false, "ARGV[3]", python, true, true)
   }
 ${
     cluster
