@@ -7,17 +7,19 @@
  *
  * The invariant, kept by RELEASE (see `scripts.ts`) and by `Lock.release`:
  * a release gives its process a turn only when waiters of other processes
- * are queued and the process has held the lock for less than `HOLDER_TURN`
- * ms since it came to it from another process or free (its tenure, which
- * the process measures from when it sent the try that took a free lock, or
- * from when a hand-over reached it: a process stalled between a hand-over
- * and hearing of it may get up to `HOLDER_TURN` ms of turns more, and a
- * waiter then waits that much longer). During the turn the lock is set to
+ * are queued, the holding it ends lasted less than `HOLDER_TURN` ms, and
+ * the process has held the lock for less than `HOLDER_TENURE` ms since it
+ * came to it from another process or free (its tenure, which the process
+ * measures from when it sent the try that took a free lock, or from when a
+ * hand-over reached it: a process stalled between a hand-over and hearing
+ * of it may get up to `HOLDER_TENURE` ms of turns more, and a waiter then
+ * waits that much longer), with fewer than `HOLDER_TURNS` turns in that
+ * tenure (turns of equal length keep the processes' shares equal). During the turn the lock is set to
  * the turn's mark (for at most `TURN_LEASE` ms, or see below): nobody
  * holds it, no
  * other process can take it, and only an acquire of this process takes it,
  * with a fresh token and the tenure the turn started with. So no waiter
- * waits longer than its queue position × (`HOLDER_TURN` + hold +
+ * waits longer than its queue position × (`HOLDER_TENURE` + hold +
  * hand-over).
  *
  * Each turn has a mark of its own (`turn:<hex>:<n>`), so that no command
@@ -103,6 +105,8 @@ export class HolderTurns {
   /** When each name was last released by this process. */
   readonly #released = new Map<string, number>();
   readonly #turns = new Map<string, Turn>();
+  /** The turns given in the latest tenure of each name. */
+  readonly #counts = new Map<string, { tenure: number; turns: number }>();
   /** Ends sent and not yet answered. */
   readonly #ending = new Set<Promise<void>>();
 
@@ -140,12 +144,25 @@ export class HolderTurns {
     local?: LocalTake,
   ): void {
     this.take(name);
+    const count = this.#counts.get(name);
+    if (count?.tenure === tenure) {
+      count.turns++;
+    } else {
+      if (this.#counts.size >= REMEMBERED) this.#counts.clear();
+      this.#counts.set(name, { tenure, turns: 1 });
+    }
     const timer = setTimeout(() => {
       if (this.#turns.get(name)?.timer !== timer) return;
       this.#turns.delete(name);
       this.#end(end);
     }, 0);
     this.#turns.set(name, { mark, tenure, timer, end, local });
+  }
+
+  /** The turns given so far to the tenure `tenure` of `name`. */
+  turnsIn(name: string, tenure: number): number {
+    const count = this.#counts.get(name);
+    return count?.tenure === tenure ? count.turns : 0;
   }
 
   /** Whether this process has a turn on `name`, not yet taken or ended. */

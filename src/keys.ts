@@ -32,6 +32,19 @@ export const TURN = 10;
  * `_holder_turns.ts`): a release gives its process a turn while its tenure
  * is shorter than this.
  */
+export const HOLDER_TENURE = 20;
+
+/**
+ * Holders' turns a process gets at most in one tenure: turns of equal length
+ * in acquisitions keep processes' shares equal.
+ */
+export const HOLDER_TURNS = 64;
+
+/**
+ * Milliseconds: a holding longer than this gives its process no turn (turns
+ * are for work too short to be worth waking a sleeping waiter), and a turn
+ * is taken with no command only within this of the release that gave it.
+ */
 export const HOLDER_TURN = 5;
 
 /** Milliseconds a holder's turn keeps the lock at most. */

@@ -17,7 +17,14 @@ import {
   NotAcquiredError,
   NotExpirableError,
 } from "./errors.ts";
-import { HOLDER_TURN, type LockKeys, lockKeys, TURN_LEASE } from "./keys.ts";
+import {
+  HOLDER_TENURE,
+  HOLDER_TURN,
+  HOLDER_TURNS,
+  type LockKeys,
+  lockKeys,
+  TURN_LEASE,
+} from "./keys.ts";
 import { type Keeping, Lease } from "./lease.ts";
 import {
   ACQUIRE_OPTIONS,
@@ -262,6 +269,8 @@ export class Lock implements AsyncDisposable {
    * free, just after the hand-over reached the process when handed over.
    */
   #tenure = 0;
+  /** `performance.now()` when the holding began, in this process. */
+  #heldFrom = 0;
 
   /**
    * Creates a lock. Nothing is sent to Redis.
@@ -741,6 +750,7 @@ export class Lock implements AsyncDisposable {
     // Set with the lease they go with: a release or disposal of an earlier
     // holding still names that holding's value.
     this.#tenure = tenure ?? acquisition.since;
+    this.#heldFrom = performance.now();
     this.#holdingId = holdingId;
     if (this.#controller?.signal.aborted) this.#controller = undefined;
     this.#lease = new Lease(
@@ -846,8 +856,11 @@ export class Lock implements AsyncDisposable {
       ? undefined
       : holderTurnsOf(this.#connection);
     const tenure = this.#tenure;
+    const at = performance.now();
     const askTurn = here === undefined && turns !== undefined && current &&
-      this.#looping && performance.now() - tenure < HOLDER_TURN;
+      this.#looping && at - this.#heldFrom < HOLDER_TURN &&
+      at - tenure < HOLDER_TENURE &&
+      turns.turnsIn(this.name, tenure) < HOLDER_TURNS;
     const sentAt = performance.now();
     // The next holding's token is drawn for a lock with an expiry: one
     // without has no deadline, which a mark's cannot be.

@@ -74,12 +74,13 @@ export interface LockOptions {
   signalExpire?: number;
   /**
    * Holders' turns: a holder of this process that acquires the lock again
-   * right after releasing it (a loop) keeps it while its process has held
-   * it for less than a few ms (`HOLDER_TURN`), even with others waiting;
-   * then its release hands the lock to the next in line. Nobody sleeping is
-   * woken within a turn, so short holdings in a loop move several times
-   * faster, and no waiter waits longer than its place in line × (a few ms
-   * + the hold + a hand-over). With `false`, every release hands the lock
+   * right after releasing it (a loop) keeps it, even with others waiting,
+   * while its holdings are short (under 5 ms) and its process has held it
+   * for less than 20 ms and 64 acquisitions; then its release hands the
+   * lock to the next in line. Nobody sleeping is woken within a turn, so
+   * short holdings in a loop move several times faster, and no waiter
+   * waits longer than its place in line × (20 ms + the hold + a
+   * hand-over). With `false`, every release hands the lock
    * to the next in line: first come, first served per acquisition. Not on
    * a Cluster.
    *

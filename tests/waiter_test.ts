@@ -19,7 +19,7 @@ import { DbRedisShape, RespClient } from "./_resp.ts";
 import { ACQUIRE } from "../src/scripts.ts";
 import { holderTurnsOf } from "../src/_holder_turns.ts";
 import { toConnection } from "../src/clients.ts";
-import { ALIVE_PREFIX } from "../src/keys.ts";
+import { ALIVE_PREFIX, HOLDER_TURNS } from "../src/keys.ts";
 import { delay, queued } from "./_scenarios.ts";
 import { denoScript } from "./_deno.ts";
 
@@ -172,10 +172,15 @@ Deno.test("a release hands the lock to a waiter of its own process in its reply:
 });
 
 /**
- * Two processes loop on a lock with no hold: how often the lock passes
- * from one to the other, per acquisition, and whether the tokens increase.
+ * Two processes loop on a lock, each holding `hold` ms, till they made
+ * `loops` acquisitions each on average: how often the lock passes from one
+ * to the other, per acquisition, and the most acquisitions in a row of one
+ * process; the tokens increase.
  */
-async function loopTogether(turns: boolean): Promise<number> {
+async function loopTogether(
+  turns: boolean,
+  { hold = 0, loops = 300 } = {},
+): Promise<{ switches: number; longest: number }> {
   await using env = await bed();
   const locks = [
     new Lock(await env.client(), "turns", { expire: 30_000, turns }),
@@ -183,25 +188,33 @@ async function loopTogether(turns: boolean): Promise<number> {
   ];
   const order: { who: number; token: number }[] = [];
   await Promise.all(locks.map(async (lock, who) => {
-    for (let i = 0; i < 300; i++) {
+    while (order.length < 2 * loops) {
       assert.equal(await lock.acquire({ timeout: 10_000 }), true);
       order.push({ who, token: lock.token });
+      if (hold > 0) await delay(hold);
       await lock.release();
     }
   }));
   let switches = 0;
+  let longest = 1;
+  let run = 1;
   for (let i = 1; i < order.length; i++) {
     assert.ok(order[i].token > order[i - 1].token, "tokens increase");
-    if (order[i].who !== order[i - 1].who) switches++;
+    if (order[i].who !== order[i - 1].who) {
+      switches++;
+      run = 1;
+    } else {
+      longest = Math.max(longest, ++run);
+    }
   }
-  return switches / order.length;
+  return { switches: switches / order.length, longest };
 }
 
 Deno.test("holders that loop take turns: the lock changes process a few times, not at every acquisition", async () => {
-  // Each tenure (5 ms) spans several acquisitions of one process.
-  const withTurns = await loopTogether(true);
+  // Each tenure spans several acquisitions of one process.
+  const withTurns = (await loopTogether(true)).switches;
   // Without turns, a release hands the lock to the other process, queued.
-  const strict = await loopTogether(false);
+  const strict = (await loopTogether(false)).switches;
   console.log(
     `changes of hands per acquisition: ${withTurns} (turns), ${strict} (strict)`,
   );
@@ -210,6 +223,16 @@ Deno.test("holders that loop take turns: the lock changes process a few times, n
     withTurns < strict / 2,
     `turns change hands at ${withTurns}, strict order at ${strict}`,
   );
+});
+
+Deno.test("a tenure ends after HOLDER_TURNS turns, and holdings longer than HOLDER_TURN give none", async () => {
+  // 0 ms holds: within HOLDER_TENURE (20 ms) a process loops a hundred
+  // times or more; its share is cut at the count.
+  const { longest } = await loopTogether(true, { loops: 600 });
+  assert.ok(longest <= HOLDER_TURNS + 1, `${longest} in a row`);
+  // Holdings of 8 ms fit twice in a tenure, but give no turn.
+  const held = await loopTogether(true, { hold: 8, loops: 15 });
+  assert.equal(held.longest, 1, `${held.longest} in a row with 8 ms holds`);
 });
 
 /**
