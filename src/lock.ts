@@ -774,7 +774,7 @@ export class Lock implements AsyncDisposable {
   async #releaseQuietly(id: string = this.id): Promise<void> {
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
-        await this.#letGo([id], this.#waiterHere());
+        await this.#letGo(id, this.#waiterHere());
         return;
       } catch (error) {
         if (classify(error) === "permanent") return;
@@ -791,16 +791,20 @@ export class Lock implements AsyncDisposable {
   }
 
   /**
-   * Runs RELEASE with `args` (the id first). A waiter of this process that
-   * waits for the name (`here`) is handed the lock in the reply; when one
-   * of its waits took the lock, the release queues its next wait first (see
+   * Runs RELEASE for `id`, or with `turnArgs` (a release that asks for a
+   * holder's turn). A hand-over draws its token in one write while the
+   * process knows the counter's epoch. A waiter of this process that waits
+   * for the name (`here`) is handed the lock in the reply; when one of its
+   * waits took the lock, the release queues its next wait first (see
    * `NameWaits.lend`), which is settled on every path.
    */
   async #letGo(
-    args: readonly string[],
+    id: string,
     here: Waiter | undefined,
+    turnArgs?: readonly string[],
   ): Promise<Reply> {
     const lent = here?.lend(this.name);
+    const known = viewOf(this.#connection, this.#keys.fence).known;
     const sentAt = performance.now();
     let reply: Reply | undefined;
     try {
@@ -808,11 +812,13 @@ export class Lock implements AsyncDisposable {
         this.#connection,
         this.#keys,
         this.#signalExpire,
-        here === undefined
-          ? args
-          : lent === undefined
-          ? [...args, here.process]
-          : [...args, here.process, "", "", "", lent.entry],
+        turnArgs ?? [
+          id,
+          here?.process ?? "",
+          "",
+          known,
+          ...(lent === undefined ? [] : ["", lent.entry]),
+        ],
       );
     } finally {
       lent?.settle(reply, sentAt);
@@ -877,11 +883,14 @@ export class Lock implements AsyncDisposable {
       this.name,
       () =>
         askTurn
-          ? this.#letGo(
-            [id, "", mark, known, String(px ?? TURN_LEASE)],
-            undefined,
-          )
-          : this.#letGo([id], here),
+          ? this.#letGo(id, undefined, [
+            id,
+            "",
+            mark,
+            known,
+            String(px ?? TURN_LEASE),
+          ])
+          : this.#letGo(id, here),
     ).catch((error) => {
       if (askTurn) turns!.mayHaveLeft(endTurn);
       throw error;

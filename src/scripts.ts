@@ -126,13 +126,15 @@ ${draw(4)}
  * `self` (a Lua expression) is the process that lets the lock go, if it
  * waits too: a hand-over to one of its own waiters (`here`) pushes nothing,
  * as the reply carries it, and sets the waiter's own expiry, as the process
- * is running. With `direct` (RELEASE: see `QUEUE_NEXT`), the local `direct`
- * true says the entry ARGV[7] comes first, as if queued alone.
+ * is running. `inRelease` (RELEASE's): the local `direct` true says the
+ * entry ARGV[7] comes first, as if queued alone (see `QUEUE_NEXT`), and the
+ * token is drawn in one write when the counter is of the epoch ARGV[5] (the
+ * caller's, "" if none: see `fastDraw`).
  */
 function handOver(
   cluster: boolean,
   self = "false",
-  direct = false,
+  inRelease = false,
 ): string {
   const alive = cluster
     ? `
@@ -147,7 +149,7 @@ function handOver(
     : `
   if not here then
     local wake = '${WAKE_PREFIX}' .. process
-    redis.call('lpush', wake, ticket .. ':' .. token)
+    redis.call('lpush', wake, ticket .. ':' .. string.format('%d', handedToken))
     redis.call('pexpire', wake, ${HAND_OVER_EXPIRE})
     -- A process of the "pubsub" transport hears of it on the channel.
     if string.sub(process, 1, 1) == '${PUBSUB_MARK}' then
@@ -163,7 +165,7 @@ end`;
   return `
 local entry, process, ticket, px, id
 ${cluster ? NOW_MS.replaceAll("nowMs", "aliveNow") : ""}${
-    direct
+    inRelease
       ? `
 if direct then
   entry = ARGV[7]
@@ -182,8 +184,17 @@ if entry then
   else
     redis.call('set', KEYS[1], id, 'PX', px)
   end
-  ${draw(4)}
-  handedToken = token${wake}
+  ${
+    inRelease
+      ? `${fastDraw("(ARGV[5] or '')")}
+  handedToken = fastToken
+  if not handedToken then
+    ${draw(4)}
+    handedToken = token
+  end`
+      : `${draw(4)}
+  handedToken = token`
+  }${wake}
 end
 `;
 }
@@ -259,8 +270,8 @@ end
  * leave it to racers. With nobody alive queued, the lock is deleted with a
  * wake-up in the signal list (python-redis-lock's UNLOCK). They leave
  * `opened` true when a turn opened, and `handedHere` `{ticket, token}` when
- * the lock went to a waiter of `self` (see `handOver`; `direct`: see
- * `QUEUE_NEXT`).
+ * the lock went to a waiter of `self` (see `handOver`; `inRelease`: in
+ * RELEASE, see `handOver`).
  *
  * On a Cluster (KEYS[6]: the lock's liveness hash) there are no racers'
  * turns, and a lock freed with nobody alive queued is announced on the
@@ -276,7 +287,7 @@ function letGo(
   self = "false",
   python = true,
   waitingKnown = false,
-  direct = false,
+  inRelease = false,
 ): string {
   if (cluster) {
     return `
@@ -296,10 +307,10 @@ end
   return `
 local opened = false
 ${waitingKnown ? "" : "local waiting = redis.call('llen', KEYS[3]) > 0"}
-${python ? racersTurn(direct) : ""}
+${python ? racersTurn(inRelease) : ""}
 local handed, handedHere = false, false
 if waiting and not opened then
-  ${handOver(false, self, direct)}
+  ${handOver(false, self, inRelease)}
   handed = entry and true or false
   if here then handedHere = {ticket, handedToken} end
 end
@@ -314,7 +325,7 @@ end
  * Statements of `letGo` (with `waiting`, `opened` in locals) that open or
  * count down the racers' turn while waiters of this library are queued.
  */
-function racersTurn(direct: boolean): string {
+function racersTurn(inRelease: boolean): string {
   return `
 if waiting then
   ${turnState(5, 2, 3)}
@@ -323,7 +334,7 @@ if waiting then
     redis.call('set', KEYS[5], 'u' .. redis.call('llen', KEYS[3]), 'PX', ${TURN_MEMORY})
   elseif not turn or turn == 'u0' then
     ${
-    direct
+    inRelease
       ? `if direct then
       ${QUEUE_ENTRY}
       direct = false

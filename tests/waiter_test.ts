@@ -171,6 +171,33 @@ Deno.test("a release hands the lock to a waiter of its own process in its reply:
   }
 });
 
+Deno.test("a hand-over draws a token above the counter's, also when the counter is ahead of the clock or of another epoch", async () => {
+  await using env = await bed();
+  const options = { expire: 30_000 };
+  const holderClient = await env.client();
+  const waiterClient = await env.client();
+  await (await acquire(holderClient, "ahead", options)).release(); // epoch known
+  const fence = String(await env.raw.command("GET", "lock-fence"));
+  const epoch = fence.split(":")[0];
+  const ahead = Date.now() * 1000 + 3_600_000_000; // an hour ahead, in µs
+  for (const planted of [`${epoch}:${ahead}`, `1:${ahead + 1_000}`]) {
+    const holder = await acquire(holderClient, "ahead", options);
+    const waiter = new Lock(waiterClient, "ahead", options);
+    const waiting = waiter.acquire({ timeout: 10_000 });
+    await queued({ raw: env.command }, "ahead");
+    await env.raw.command("SET", "lock-fence", planted);
+    await holder.release();
+    assert.equal(await waiting, true);
+    const last = Number(planted.split(":")[1]);
+    assert.equal(waiter.token, last + 1, `after ${planted}`);
+    assert.equal(
+      await env.raw.command("GET", "lock-fence"),
+      `${planted.split(":")[0]}:${last + 1}`,
+    );
+    await waiter.release().catch(() => {}); // another epoch: told it is lost
+  }
+});
+
 /**
  * `processes` processes (two by default) loop on a lock, each holding
  * `hold` ms, till they made `loops` acquisitions each on average: how often
