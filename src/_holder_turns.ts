@@ -14,11 +14,11 @@
  * hand-over reached it: a process stalled between a hand-over and hearing
  * of it may get up to `HOLDER_TENURE` ms of turns more, and a waiter then
  * waits that much longer), with fewer than `HOLDER_TURNS` turns in that
- * tenure (turns of equal length keep the processes' shares equal). During the turn the lock is set to
- * the turn's mark (for at most `TURN_LEASE` ms, or see below): nobody
- * holds it, no
- * other process can take it, and only an acquire of this process takes it,
- * with a fresh token and the tenure the turn started with. So no waiter
+ * tenure (turns of equal length keep the processes' shares equal). During
+ * the turn the lock is set to the turn's mark (for at most `TURN_LEASE` ms,
+ * or see below): nobody holds it, no other process can take it, and only an
+ * acquire of this process takes it, with a fresh token and the tenure the
+ * turn started with. So no waiter
  * waits longer than its queue position × (`HOLDER_TENURE` + hold +
  * hand-over).
  *

@@ -791,9 +791,9 @@ export class Lock implements AsyncDisposable {
   }
 
   /**
-   * Runs RELEASE for `id`, or with `turnArgs` (a release that asks for a
-   * holder's turn). A hand-over draws its token in one write while the
-   * process knows the counter's epoch. A waiter of this process that waits
+   * Runs RELEASE for `id`; `turn` (the mark, the epoch known, the next
+   * holding's expiry) asks for a holder's turn. A hand-over draws its token
+   * in one write while the process knows the counter's epoch. A waiter of this process that waits
    * for the name (`here`) is handed the lock in the reply; when one of its
    * waits took the lock, the release queues its next wait first (see
    * `NameWaits.lend`), which is settled on every path.
@@ -801,7 +801,7 @@ export class Lock implements AsyncDisposable {
   async #letGo(
     id: string,
     here: Waiter | undefined,
-    turnArgs?: readonly string[],
+    turn?: readonly [mark: string, known: string, px: string],
   ): Promise<Reply> {
     const lent = here?.lend(this.name);
     const known = viewOf(this.#connection, this.#keys.fence).known;
@@ -812,7 +812,7 @@ export class Lock implements AsyncDisposable {
         this.#connection,
         this.#keys,
         this.#signalExpire,
-        turnArgs ?? [
+        turn !== undefined ? [id, "", ...turn] : [
           id,
           here?.process ?? "",
           "",
@@ -862,12 +862,11 @@ export class Lock implements AsyncDisposable {
       ? undefined
       : holderTurnsOf(this.#connection);
     const tenure = this.#tenure;
-    const at = performance.now();
-    const askTurn = here === undefined && turns !== undefined && current &&
-      this.#looping && at - this.#heldFrom < HOLDER_TURN &&
-      at - tenure < HOLDER_TENURE &&
-      turns.turnsIn(this.name, tenure) < HOLDER_TURNS;
     const sentAt = performance.now();
+    const askTurn = here === undefined && turns !== undefined && current &&
+      this.#looping && sentAt - this.#heldFrom < HOLDER_TURN &&
+      sentAt - tenure < HOLDER_TENURE &&
+      turns.turnsIn(this.name, tenure) < HOLDER_TURNS;
     // The next holding's token is drawn for a lock with an expiry: one
     // without has no deadline, which a mark's cannot be.
     const px = this.#expire;
@@ -884,8 +883,6 @@ export class Lock implements AsyncDisposable {
       () =>
         askTurn
           ? this.#letGo(id, undefined, [
-            id,
-            "",
             mark,
             known,
             String(px ?? TURN_LEASE),

@@ -340,6 +340,26 @@ async function scriptRuns(raw: RespClient): Promise<number> {
 /** A waiter of another process, played by hand: its entry, queued alive. */
 const OTHER = { process: "other-process", id: "other-waiter-id" };
 
+/** Marks the other process alive, for a minute. */
+async function otherAlive(env: { raw: RespClient }): Promise<void> {
+  await env.raw.command(
+    "SET",
+    `${ALIVE_PREFIX}${OTHER.process}`,
+    1,
+    "PX",
+    60_000,
+  );
+}
+
+/** Queues the other process's waiter at the end of `name`'s queue. */
+async function queueOther(env: { raw: RespClient }, name: string) {
+  await env.raw.command(
+    "RPUSH",
+    `lock-queue:${name}`,
+    `${OTHER.process}|t1||${OTHER.id}`,
+  );
+}
+
 /**
  * Gives `looper`'s process a holder's turn on `looper.name`, with a waiter
  * of another process queued (played by hand, so that nothing else runs): a
@@ -356,15 +376,11 @@ async function turnGiven(
   looper: Lock,
 ): Promise<{ scripts: number } | false> {
   const { raw } = env;
-  await raw.command("SET", `${ALIVE_PREFIX}${OTHER.process}`, 1, "PX", 60_000);
+  await otherAlive(env);
   await looper.acquire();
   await looper.release();
   await looper.acquire();
-  await raw.command(
-    "RPUSH",
-    `lock-queue:${looper.name}`,
-    `${OTHER.process}|t1||${OTHER.id}`,
-  );
+  await queueOther(env, looper.name);
   const scripts = await scriptRuns(raw);
   await looper.release();
   if (holderTurnsOf(toConnection(looperClient)).has(looper.name)) {
@@ -631,13 +647,7 @@ Deno.test("the release of a holding a wait took queues the next local wait behin
   await using env = await bed();
   const name = "lent";
   await noRacersTurn(env, name);
-  await env.raw.command(
-    "SET",
-    `${ALIVE_PREFIX}${OTHER.process}`,
-    1,
-    "PX",
-    60_000,
-  );
+  await otherAlive(env);
   const client = await env.client();
   const options = { expire: 30_000 };
   await (await acquire(client, name, options)).release(); // scripts loaded
@@ -645,11 +655,7 @@ Deno.test("the release of a holding a wait took queues the next local wait behin
   const first = new Lock(client, name, options);
   const firstWaits = first.acquire({ timeout: 10_000 });
   await queued({ raw: env.command }, name);
-  await env.raw.command(
-    "RPUSH",
-    `lock-queue:${name}`,
-    `${OTHER.process}|t1||${OTHER.id}`,
-  );
+  await queueOther(env, name);
   // Waits in the process behind `first`, not queued.
   const next = new Lock(client, name, options);
   const nextWaits = next.acquire({ timeout: 10_000 });
@@ -683,13 +689,7 @@ Deno.test("a holding a wait took and keeps for long: the next local wait queues 
   await using env = await bed();
   const name = "kept";
   await noRacersTurn(env, name);
-  await env.raw.command(
-    "SET",
-    `${ALIVE_PREFIX}${OTHER.process}`,
-    1,
-    "PX",
-    60_000,
-  );
+  await otherAlive(env);
   const client = await env.client();
   const options = { expire: 30_000 };
   const holder = await acquire(await env.client(), name, options);
@@ -707,11 +707,7 @@ Deno.test("a holding a wait took and keeps for long: the next local wait queues 
   // Not released within HOLDER_TURN: `next` queues, as it would have at
   // once, before a waiter of another process that comes after.
   await queued({ raw: env.command }, name);
-  await env.raw.command(
-    "RPUSH",
-    `lock-queue:${name}`,
-    `${OTHER.process}|t1||${OTHER.id}`,
-  );
+  await queueOther(env, name);
   await first.release();
   assert.equal(await nextWaits, true);
   assert.equal(await env.raw.command("GET", `lock:${name}`), next.id);
