@@ -16,6 +16,12 @@
  * server: `--tasks 64`, hold times `--task-hold 0,1`; `--tasks 0` leaves it
  * out).
  *
+ * With `--rounds n`, each group of cases (one number of workers, tasks and
+ * hold time) runs n times over, the implementations in a rotated order each
+ * round, and every figure printed is the median over the rounds: this
+ * machine's speed drifts by ±30% over minutes, which one run per case
+ * cannot tell from a difference between implementations.
+ *
  * For each case it prints: total acquisitions, per-worker (per-task)
  * min / avg / max (and min/max, the fairness), acquire-wait p50 and p99,
  * Redis commands per acquisition (INFO commandstats, commands run inside
@@ -27,6 +33,7 @@
  *
  *   deno task bench:contention                      # T = 5 s
  *   deno task bench:contention --seconds 2 --workers 1,8 --hold 0 --only @x/redis-lock
+ *   deno task bench:contention --rounds 3 --hold 0 --task-hold 0 --out rounds
  */
 
 import { Redis } from "ioredis";
@@ -67,10 +74,14 @@ function option(name: string, fallback: string): string {
 
 const SECONDS = Number(option("seconds", "5"));
 const WORKERS = option("workers", "1,2,8,32").split(",").map(Number);
-const HOLDS = option("hold", "0,10").split(",").map(Number);
+const HOLDS = option("hold", "0,10").split(",").filter((h) => h !== "").map(
+  Number,
+);
 const ONLY = option("only", "");
 const TASKS = Number(option("tasks", "64"));
 const TASK_HOLDS = option("task-hold", "0,1").split(",").map(Number);
+const ROUNDS = Number(option("rounds", "1"));
+const OUT = option("out", "contention");
 const NAMES = Object.keys(implementations).filter((name) =>
   ONLY === "" || ONLY.split(",").includes(name)
 );
@@ -211,7 +222,9 @@ const others = [second, third].map((s) => new Redis(s.port, s.hostname));
 const ports = [server, second, third].map((s) => s.port);
 const version = /redis_version:(\S+)/.exec(await redis.info("server"))![1];
 console.log(
-  `Contention benchmark: T = ${SECONDS} s per case, redis ${version} on loopback, ioredis, ${navigator.hardwareConcurrency} cores.\n`,
+  `Contention benchmark: T = ${SECONDS} s per case${
+    ROUNDS > 1 ? `, medians of ${ROUNDS} rounds` : ""
+  }, redis ${version} on loopback, ioredis, ${navigator.hardwareConcurrency} cores.\n`,
 );
 console.log(HEADER);
 const results: Result[] = [];
@@ -230,22 +243,54 @@ if (TASKS > 0) {
     }
   }
 }
-for (const c of cases) {
-  const result = await run(redis, ports, others, c);
-  results.push(result);
-  console.log(row(result));
+/** Each figure of `rounds` (results of one case), its median. */
+function median(rounds: Result[]): Result {
+  const middle = (values: number[]) => {
+    const sorted = values.filter(Number.isFinite).sort((a, b) => a - b);
+    if (sorted.length === 0) return NaN;
+    const half = sorted.length >> 1;
+    return sorted.length % 2
+      ? sorted[half]
+      : (sorted[half - 1] + sorted[half]) / 2;
+  };
+  const result = { ...rounds[0] };
+  for (const key of Object.keys(result) as (keyof Result)[]) {
+    if (typeof result[key] === "number") {
+      (result[key] as number) = middle(rounds.map((r) => r[key] as number));
+    }
+  }
+  return result;
+}
+
+const groupOf = (c: Case) => `${c.workers}/${c.tasks}/${c.hold}`;
+const groups = Map.groupBy(cases, groupOf);
+for (const group of groups.values()) {
+  const rounds = new Map<Case, Result[]>();
+  for (let round = 0; round < ROUNDS; round++) {
+    const shift = round % group.length;
+    for (const c of [...group.slice(shift), ...group.slice(0, shift)]) {
+      const result = await run(redis, ports, others, c);
+      rounds.set(c, [...rounds.get(c) ?? [], result]);
+    }
+  }
+  for (const c of group) {
+    const result = median(rounds.get(c)!);
+    results.push(result);
+    console.log(row(result));
+  }
 }
 redis.disconnect();
 for (const other of others) other.disconnect();
 
 await Deno.mkdir(new URL("./results/", import.meta.url), { recursive: true });
 await Deno.writeTextFile(
-  new URL("./results/contention.json", import.meta.url),
+  new URL(`./results/${OUT}.json`, import.meta.url),
   JSON.stringify(
     {
       date: new Date().toISOString(),
       redis: version,
       seconds: SECONDS,
+      rounds: ROUNDS,
       results,
     },
     null,
@@ -253,6 +298,6 @@ await Deno.writeTextFile(
   ) + "\n",
 );
 await Deno.writeTextFile(
-  new URL("./results/contention.md", import.meta.url),
+  new URL(`./results/${OUT}.md`, import.meta.url),
   `${HEADER}\n${results.map(row).join("\n")}\n`,
 );
