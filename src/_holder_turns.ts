@@ -40,8 +40,8 @@
  * turn), within such a turn delays the lock by at most that expiry, as a
  * holder that dies or stalls does.
  *
- * Ownership: this module owns the turns the process was given, one timer
- * each. A turn ends exactly once: taken by an acquire of this process
+ * Ownership: this module owns the turns the process was given, and one
+ * timer that ends those not taken at once. A turn ends exactly once: taken by an acquire of this process
  * ({@linkcode HolderTurns.take}), or, when the task that released does not
  * come back at once, ended by the timer, which hands the lock on as a
  * release does (RESET of the mark). If that fails, the mark expires on its
@@ -85,7 +85,8 @@ interface Turn {
   readonly mark: string;
   /** The tenure's start (`performance.now()`). */
   readonly tenure: number;
-  readonly timer: ReturnType<typeof setTimeout>;
+  /** Its place among the turns given: the sweep that ends it is after it. */
+  readonly given: number;
   /** Hands the lock on (RESET of the mark). */
   readonly end: () => Promise<unknown>;
   /** Set when an acquire may take the turn with no command. */
@@ -109,6 +110,15 @@ export class HolderTurns {
   readonly #counts = new Map<string, { tenure: number; turns: number }>();
   /** Ends sent and not yet answered. */
   readonly #ending = new Set<Promise<void>>();
+  /** Turns given so far. */
+  #given = 0;
+  /**
+   * One timer for all turns (not one per turn: a loop would set and clear
+   * one per acquisition): it ends the turns given up to `#sweepThrough`,
+   * all given before it was set, and is set again for the later ones.
+   */
+  #sweeper: ReturnType<typeof setTimeout> | undefined;
+  #sweepThrough = 0;
 
   /** A mark for a turn to ask for: no other turn of the process has it. */
   nextMark(): string {
@@ -151,12 +161,27 @@ export class HolderTurns {
       if (this.#counts.size >= REMEMBERED) this.#counts.clear();
       this.#counts.set(name, { tenure, turns: 1 });
     }
-    const timer = setTimeout(() => {
-      if (this.#turns.get(name)?.timer !== timer) return;
-      this.#turns.delete(name);
-      this.#end(end);
+    const given = ++this.#given;
+    this.#turns.set(name, { mark, tenure, given, end, local });
+    this.#sweepSoon();
+  }
+
+  /**
+   * Ends, once the tasks that released have had their chance to come back
+   * (a timer of 0 ms set after the turn was given), every turn not taken.
+   */
+  #sweepSoon(): void {
+    if (this.#sweeper !== undefined || this.#turns.size === 0) return;
+    this.#sweepThrough = this.#given;
+    this.#sweeper = setTimeout(() => {
+      this.#sweeper = undefined;
+      for (const [name, turn] of this.#turns) {
+        if (turn.given > this.#sweepThrough) continue;
+        this.#turns.delete(name);
+        this.#end(turn.end);
+      }
+      this.#sweepSoon();
     }, 0);
-    this.#turns.set(name, { mark, tenure, timer, end, local });
   }
 
   /** The turns given so far to the tenure `tenure` of `name`. */
@@ -191,7 +216,6 @@ export class HolderTurns {
   take(name: string): { mark: string; tenure: number } | undefined {
     const turn = this.#turns.get(name);
     if (turn === undefined) return undefined;
-    clearTimeout(turn.timer);
     this.#turns.delete(name);
     return { mark: turn.mark, tenure: turn.tenure };
   }
@@ -226,10 +250,9 @@ export class HolderTurns {
   async endAll(): Promise<void> {
     const turns = [...this.#turns.values()];
     this.#turns.clear();
-    for (const { timer, end } of turns) {
-      clearTimeout(timer);
-      this.#end(end);
-    }
+    clearTimeout(this.#sweeper);
+    this.#sweeper = undefined;
+    for (const { end } of turns) this.#end(end);
     await Promise.all([...this.#ending]);
   }
 }

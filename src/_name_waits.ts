@@ -185,6 +185,8 @@ export class NameWaits {
   #retryAt = 0;
   #expiryTimer: Timer | undefined;
   #wakeTimer: Timer | undefined;
+  /** When `#wakeTimer` pokes the driver. */
+  #wakeTimerAt = 0;
   #event: (() => void) | undefined;
   #driving: Promise<void> | undefined;
   /** The signal expiry of the latest wait, for the scripts that signal. */
@@ -358,10 +360,16 @@ export class NameWaits {
    * the settled ones.
    */
   #settleLoose(): void {
-    const pinned = this.#pinned();
+    let pinned: Set<Wait> | undefined;
+    let settled = false;
     for (const wait of this.waits) {
-      if (wait.gaveUp !== undefined && !pinned.has(wait)) wait.settleGaveUp();
+      if (wait.gaveUp !== undefined) {
+        pinned ??= this.#pinned();
+        if (!pinned.has(wait)) wait.settleGaveUp();
+      }
+      settled ||= wait.settled;
     }
+    if (!settled) return;
     for (let i = this.waits.length - 1; i >= 0; i--) {
       if (this.waits[i].settled) this.waits.splice(i, 1);
     }
@@ -445,9 +453,19 @@ export class NameWaits {
     }
   }
 
-  /** Pokes the driver at `at` (`performance.now()`); nothing to do till then. */
+  /**
+   * Pokes the driver at `at` (`performance.now()`) at the latest; nothing
+   * to do till then. A timer already due by then is kept: its poke makes
+   * the driver decide again, which sets the next. (A loop on the lock
+   * moves `holds`' end at every acquisition: one timer per
+   * `HOLDER_TURN`, not one per acquisition.)
+   */
   #wakeAt(at: number): undefined {
+    if (this.#wakeTimer !== undefined && this.#wakeTimerAt <= at) {
+      return undefined;
+    }
     clearTimeout(this.#wakeTimer);
+    this.#wakeTimerAt = at;
     this.#wakeTimer = setTimeout(
       () => {
         this.#wakeTimer = undefined;

@@ -100,7 +100,7 @@ export class Waiter implements WaiterContext {
     }
   >();
   /** Tickets that may receive a hand-over, and their names. */
-  readonly #tickets = new Map<string, NameWaits>();
+  readonly #tickets = new Map<number, NameWaits>();
   readonly #pop: WakeTransport;
   #sequence = 0;
   #emptyAt = -Infinity;
@@ -229,7 +229,7 @@ export class Waiter implements WaiterContext {
    * release's reply carries `<ticket>`, the token, and when it was sent.
    */
   handedHere(ticket: string, token: number, sentAt: number): void {
-    this.#tickets.get(ticket)?.mail(ticket, token, sentAt, true);
+    this.#tickets.get(Number(ticket))?.mail(ticket, token, sentAt, true);
   }
 
   /**
@@ -242,11 +242,11 @@ export class Waiter implements WaiterContext {
   }
 
   register(ticket: string, waits: NameWaits): void {
-    this.#tickets.set(ticket, waits);
+    this.#tickets.set(Number(ticket), waits);
   }
 
   retire(ticket: string): void {
-    this.#tickets.delete(ticket);
+    this.#tickets.delete(Number(ticket));
   }
 
   pump(): void {
@@ -337,7 +337,7 @@ export class Waiter implements WaiterContext {
     const ticket = value.slice(0, colon);
     // A ticket no longer routed belongs to a presence already ended: the
     // driver that ended it passed on whatever was handed to it.
-    this.#tickets.get(ticket)?.mail(
+    this.#tickets.get(Number(ticket))?.mail(
       ticket,
       Number(value.slice(colon + 1)),
       this.#emptyAt,

@@ -17,7 +17,7 @@ import {
 import { bed, eventually } from "./_bed.ts";
 import { DbRedisShape, RespClient } from "./_resp.ts";
 import { ACQUIRE } from "../src/scripts.ts";
-import { holderTurnsOf } from "../src/_holder_turns.ts";
+import { HolderTurns, holderTurnsOf } from "../src/_holder_turns.ts";
 import { toConnection } from "../src/clients.ts";
 import { ALIVE_PREFIX, HOLDER_TURNS } from "../src/keys.ts";
 import { delay, queued } from "./_scenarios.ts";
@@ -305,6 +305,29 @@ Deno.test("a holder's turn that no acquire takes goes to the next in line at onc
     return;
   }
   assert.fail("no release gave a holder's turn");
+});
+
+Deno.test("holders' turns share one timer: a turn given while it is set ends at a later sweep, not that one", async () => {
+  const turns = new HolderTurns();
+  const ended: string[] = [];
+  const give = (name: string) =>
+    turns.given(name, turns.nextMark(), 0, () => {
+      ended.push(name);
+      return Promise.resolve();
+    });
+  const tick = () => new Promise((resolve) => setTimeout(resolve, 0));
+  give("first"); // sets the timer
+  give("second"); // after it: has its own 0 ms before it ends
+  const afterSweep = tick(); // set after the timer: runs after it
+  turns.take("first");
+  await afterSweep;
+  assert.deepEqual(ended, []);
+  assert.ok(turns.has("second"));
+  await tick();
+  await tick();
+  assert.deepEqual(ended, ["second"]);
+  assert.equal(turns.has("second"), false);
+  await turns.endAll();
 });
 
 Deno.test("ACQUIRE that takes its turn and meets lost lock data puts the turn's mark back", async () => {
