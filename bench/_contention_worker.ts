@@ -159,9 +159,15 @@ if (import.meta.main) {
     });
   for (let i = 0; i < WARM_UP; i++) await release(await warmUp());
   await redis.incr("bench:ready");
-  await redis.blpop("bench:go", 0);
-
-  const until = performance.now() + Number(seconds) * 1000;
+  // The go carries when to start (ms since the epoch, this machine's
+  // clock): every worker runs over the same window, so that none has the
+  // lock to itself at the start or the end, when the others woke later or
+  // stopped earlier.
+  const [, go] = (await redis.blpop("bench:go", 0))!;
+  const start = Number(go);
+  await delay(start - Date.now());
+  const until = performance.now() + start + Number(seconds) * 1000 -
+    Date.now();
   const waits: number[] = [];
   let held = 0;
   const counts = await Promise.all(acquires.map(async (acquire) => {

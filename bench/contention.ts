@@ -86,6 +86,9 @@ const NAMES = Object.keys(implementations).filter((name) =>
   ONLY === "" || ONLY.split(",").includes(name)
 );
 
+/** Milliseconds between the go and the start, for every worker to wake. */
+const START_LEAD = 250;
+
 const worker = new URL("./_contention_worker.ts", import.meta.url);
 const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -145,7 +148,9 @@ async function run(
   for (const master of masters) await master.config("RESETSTAT");
   let cpu = 0;
   for (const master of masters) cpu -= await cpuSeconds(master);
-  await redis.lpush("bench:go", ...Array(c.workers).fill("1"));
+  // Every worker starts at once, once all have had time to wake.
+  const start = String(Date.now() + START_LEAD);
+  await redis.lpush("bench:go", ...Array(c.workers).fill(start));
   await delay(SECONDS * 500);
   const clientsInfo = await redis.info("clients");
   const clients = Number(/connected_clients:(\d+)/.exec(clientsInfo)![1]) - 1;
