@@ -74,9 +74,7 @@ function option(name: string, fallback: string): string {
 
 const SECONDS = Number(option("seconds", "5"));
 const WORKERS = option("workers", "1,2,8,32").split(",").map(Number);
-const HOLDS = option("hold", "0,10").split(",").filter((h) => h !== "").map(
-  Number,
-);
+const HOLDS = option("hold", "0,10").split(",").map(Number);
 const ONLY = option("only", "");
 const TASKS = Number(option("tasks", "64"));
 const TASK_HOLDS = option("task-hold", "0,1").split(",").map(Number);

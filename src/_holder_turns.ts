@@ -41,11 +41,12 @@
  * holder that dies or stalls does.
  *
  * Ownership: this module owns the turns the process was given, and one
- * timer that ends those not taken at once. A turn ends exactly once: taken by an acquire of this process
- * ({@linkcode HolderTurns.take}), or, when the task that released does not
- * come back at once, ended by the timer, which hands the lock on as a
- * release does (RESET of the mark). If that fails, the mark expires on its
- * own and the waiters' next look finds the lock free. Ends on their way are
+ * timer that ends those not taken at once. A turn ends exactly once: taken
+ * by an acquire of this process ({@linkcode HolderTurns.take}), or, when
+ * the task that released does not come back at once, ended by the timer,
+ * which hands the lock on as a release does (RESET of the mark). If that
+ * fails, the mark expires on its own and the waiters' next look finds the
+ * lock free. Ends on their way are
  * tracked until they settle, so that `shutdown()` waits for them.
  *
  * A process asks for a turn only when it loops: when the holding began
