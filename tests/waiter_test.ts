@@ -739,6 +739,40 @@ Deno.test("a holding a wait took and keeps for long: the next local wait queues 
   await shutdown(client);
 });
 
+Deno.test("after a loop of local holdings, one kept for long still lets the next local wait queue itself", async () => {
+  await using env = await bed();
+  const name = "kept-after-loop";
+  await noRacersTurn(env, name);
+  await otherAlive(env);
+  const client = await env.client();
+  const options = { expire: 30_000 };
+  const holder = await acquire(await env.client(), name, options);
+  const [first, second, third] = [0, 1, 2].map(() =>
+    new Lock(client, name, options)
+  );
+  const firstWaits = first.acquire({ timeout: 10_000 });
+  await queued({ raw: env.command }, name);
+  const secondWaits = second.acquire({ timeout: 10_000 });
+  const thirdWaits = third.acquire({ timeout: 10_000 });
+  await holder.release(); // handed to `first` through its wake list
+  assert.equal(await firstWaits, true);
+  // Released at once: `second` holds, and the end of the local holding
+  // moves on (the timer set for `first`'s is kept, due earlier).
+  await first.release();
+  assert.equal(await secondWaits, true);
+  // Kept for long: `third` queues itself once HOLDER_TURN has passed since
+  // `second` took the lock, before a waiter of another process that comes
+  // after.
+  await queued({ raw: env.command }, name);
+  await queueOther(env, name);
+  await second.release();
+  assert.equal(await thirdWaits, true);
+  assert.equal(await env.raw.command("GET", `lock:${name}`), third.id);
+  await third.release();
+  await endOther(env, name);
+  await shutdown(client);
+});
+
 Deno.test("a waiter that died while queued delays the lock by at most the hand-over expiry", async () => {
   await using env = await bed();
   const holder = await acquire(await env.client(), "died");
