@@ -24,17 +24,29 @@ function freePort(): number {
 
 const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function ping(port: number): Promise<boolean> {
+/**
+ * The pid of the server answering on `port`, or `undefined` if none answers.
+ * Two servers started at once may be given the same free port: the one that
+ * fails to bind exits, and only the pid tells which one answers.
+ */
+async function serverPid(port: number): Promise<number | undefined> {
   let conn: Deno.TcpConn | undefined;
   try {
     conn = await Deno.connect({ hostname: HOSTNAME, port });
-    await conn.write(new TextEncoder().encode("PING\r\n"));
-    const buffer = new Uint8Array(64);
-    const n = await conn.read(buffer);
-    return n !== null &&
-      new TextDecoder().decode(buffer.subarray(0, n)).startsWith("+PONG");
+    await conn.write(new TextEncoder().encode("INFO server\r\n"));
+    const buffer = new Uint8Array(16_384);
+    let length = 0;
+    while (length < buffer.length) {
+      const n = await conn.read(buffer.subarray(length));
+      if (n === null) return undefined;
+      length += n;
+      const text = new TextDecoder().decode(buffer.subarray(0, length));
+      const match = /\r\nprocess_id:(\d+)\r\n/.exec(text);
+      if (match) return Number(match[1]);
+    }
+    return undefined;
   } catch {
-    return false;
+    return undefined;
   } finally {
     conn?.close();
   }
@@ -114,7 +126,7 @@ export class RedisServer implements AsyncDisposable {
     const status = child.status.then((s) => (exited = true, s));
     const deadline = Date.now() + READY_TIMEOUT;
     while (!exited && Date.now() < deadline) {
-      if (await ping(this.port)) return;
+      if (await serverPid(this.port) === child.pid) return;
       await delay(10);
     }
     if (!exited) child.kill("SIGKILL");

@@ -26,3 +26,16 @@ Deno.test("RedisServer starts on a free port, and stops, is killed and restarts"
   await server.stop();
   await assert.rejects(RespClient.connect(server.port));
 });
+
+Deno.test("RedisServer does not take another server on its port for its own", async () => {
+  // Servers started at once may draw the same free port: the second fails to
+  // bind and exits, and must not pass for started because the first answers.
+  await using server = await RedisServer.start();
+  const dir = await Deno.makeTempDir({ prefix: "redis-lock-test-" });
+  // deno-lint-ignore no-explicit-any
+  const twin: RedisServer = new (RedisServer as any)(server.port, dir, []);
+  await assert.rejects(twin.restart(), /did not start/);
+  assert.equal(twin.running, false);
+  await twin[Symbol.asyncDispose]();
+  assert.equal(server.running, true);
+});
