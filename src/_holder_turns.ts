@@ -40,14 +40,26 @@
  * turn), within such a turn delays the lock by at most that expiry, as a
  * holder that dies or stalls does.
  *
- * Ownership: this module owns the turns the process was given, and one
- * timer that ends those not taken at once. A turn ends exactly once: taken
- * by an acquire of this process ({@linkcode HolderTurns.take}), or, when
- * the task that released does not come back at once, ended by the timer,
- * which hands the lock on as a release does (RESET of the mark). If that
- * fails, the mark expires on its own and the waiters' next look finds the
- * lock free. Ends on their way are
- * tracked until they settle, so that `shutdown()` waits for them.
+ * Ownership: this module owns the turns the process was given, one timer
+ * that ends those not taken at once, and a connection of its own that
+ * carries those ends. A turn ends exactly once: taken by an acquire of this
+ * process ({@linkcode HolderTurns.take}), or, when the task that released
+ * does not come back at once, ended by the timer, which hands the lock on
+ * as a release does (RESET of the mark). That end goes on the library's own
+ * connection, not the application's: the application may have sent a
+ * blocking command of its own right after its release (`BLPOP` of a job
+ * queue), and an end behind it would keep the other processes' waiters out
+ * until it returns. No order is lost: the turn was given by the reply of
+ * the RELEASE that set the mark, and no command about the mark follows an
+ * end. If the own connection fails, the end is sent again on the
+ * application's (RESET of a mark is a no-op once the mark is gone); if that
+ * fails too, the mark expires on its own and the waiters' next look finds
+ * the lock free. An end after a command whose reply did not come
+ * ({@linkcode HolderTurns.mayHaveLeft}) goes on the application's
+ * connection, behind that command, which may still run. Ends on their way
+ * are tracked until they settle, so that `shutdown()` waits for them; the
+ * own connection closes after `IDLE` ms without an end, and at
+ * `shutdown()`.
  *
  * A process asks for a turn only when it loops: when the holding began
  * right after a release of the same name by this process. A process that
@@ -57,9 +69,15 @@
  */
 
 import type { Connection } from "./clients.ts";
+import { OwnedConnection } from "./_owned_connection.ts";
+import { unrefTimer } from "./_runtime.ts";
+import type { Sender } from "./scripts.ts";
 
 /** Milliseconds within which an acquire after a release counts as looping. */
 const LOOPING = 5;
+
+/** Milliseconds the own connection stays open after the last end. */
+const IDLE = 1_000;
 
 /** Names remembered at most before old releases are forgotten. */
 const REMEMBERED = 64;
@@ -88,11 +106,17 @@ interface Turn {
   readonly tenure: number;
   /** Its place among the turns given: the sweep that ends it is after it. */
   readonly given: number;
-  /** Hands the lock on (RESET of the mark). */
-  readonly end: () => Promise<unknown>;
+  /**
+   * Hands the lock on (RESET of the mark), on `via`, else on the
+   * application's connection.
+   */
+  readonly end: TurnEnd;
   /** Set when an acquire may take the turn with no command. */
   readonly local: LocalTake | undefined;
 }
+
+/** Hands the lock on at the end of a turn: on `via`, else the application's connection. */
+export type TurnEnd = (via?: Sender) => Promise<unknown>;
 
 /** The holders' turns of one application connection. */
 export class HolderTurns {
@@ -120,6 +144,19 @@ export class HolderTurns {
    */
   #sweeper: ReturnType<typeof setTimeout> | undefined;
   #sweepThrough = 0;
+  /** The connection the timer's ends go on; none without `main`. */
+  readonly #own: OwnedConnection | undefined;
+  /** Closes `#own` once no end has been sent for `IDLE` ms. */
+  #idler: ReturnType<typeof setTimeout> | undefined;
+
+  /**
+   * @param main The application's connection, whose `duplicate()` opens
+   * the connection that ends turns (without it, or when it cannot open
+   * connections, ends go on the application's connection).
+   */
+  constructor(main?: Connection) {
+    this.#own = main && new OwnedConnection(main, !main.canDuplicate);
+  }
 
   /** A mark for a turn to ask for: no other turn of the process has it. */
   nextMark(): string {
@@ -151,7 +188,7 @@ export class HolderTurns {
     name: string,
     mark: string,
     tenure: number,
-    end: () => Promise<unknown>,
+    end: TurnEnd,
     local?: LocalTake,
   ): void {
     this.take(name);
@@ -179,7 +216,7 @@ export class HolderTurns {
       for (const [name, turn] of this.#turns) {
         if (turn.given > this.#sweepThrough) continue;
         this.#turns.delete(name);
-        this.#end(turn.end);
+        this.#endOnOwn(turn.end);
       }
       this.#sweepSoon();
     }, 0);
@@ -225,8 +262,32 @@ export class HolderTurns {
    * A command may have left the mark and cannot be sure (its reply was
    * lost, or said the lock was gone): `end` hands the lock on now.
    */
-  mayHaveLeft(end: () => Promise<unknown>): void {
-    this.#end(end);
+  mayHaveLeft(end: TurnEnd): void {
+    this.#end(() => end());
+  }
+
+  /**
+   * Sends `end` on the own connection (on the application's if that fails,
+   * or while it waits out a failure), which closes once no end has been
+   * sent for `IDLE` ms.
+   */
+  #endOnOwn(end: TurnEnd): void {
+    const own = this.#own;
+    if (own === undefined || own.backingOff) {
+      this.#end(() => end());
+      return;
+    }
+    clearTimeout(this.#idler);
+    this.#idler = undefined;
+    void this.#end(() => end(own).catch(() => end())).then(() => {
+      // An end still on its way sets the timer again when it settles.
+      clearTimeout(this.#idler);
+      this.#idler = setTimeout(() => {
+        this.#idler = undefined;
+        if (own.idle) void own.close();
+      }, IDLE);
+      unrefTimer(this.#idler);
+    });
   }
 
   /**
@@ -253,8 +314,11 @@ export class HolderTurns {
     this.#turns.clear();
     clearTimeout(this.#sweeper);
     this.#sweeper = undefined;
-    for (const { end } of turns) this.#end(end);
+    for (const { end } of turns) this.#end(() => end());
     await Promise.all([...this.#ending]);
+    clearTimeout(this.#idler);
+    this.#idler = undefined;
+    await this.#own?.close();
   }
 }
 
@@ -264,7 +328,7 @@ const turnsByConnection = new WeakMap<Connection, HolderTurns>();
 export function holderTurnsOf(connection: Connection): HolderTurns {
   let turns = turnsByConnection.get(connection);
   if (turns === undefined) {
-    turns = new HolderTurns();
+    turns = new HolderTurns(connection);
     turnsByConnection.set(connection, turns);
   }
   return turns;

@@ -69,6 +69,14 @@ export class OwnedConnection {
     return this.#open !== undefined;
   }
 
+  /**
+   * Whether a command sent now would first wait out the backoff after a
+   * failure.
+   */
+  get backingOff(): boolean {
+    return this.#open === undefined && now() < this.#retryAt;
+  }
+
   /** Whether no command is on its way. */
   get idle(): boolean {
     return this.#inFlight === 0;

@@ -56,6 +56,7 @@ import {
   RESET,
   RESET_ALONE,
   Script,
+  type Sender,
 } from "./scripts.ts";
 import {
   Redlock,
@@ -876,7 +877,7 @@ export class Lock implements AsyncDisposable {
     // A release whose reply is lost (or that a re-sent run finds done) may
     // have left the turn's mark: it ends the turn at once.
     const mark = askTurn ? turns!.nextMark() : "";
-    const endTurn = () => this.#endTurn(mark);
+    const endTurn = (via?: Sender) => this.#endTurn(mark, via);
     const reply = await attempt(
       "release",
       this.name,
@@ -919,9 +920,12 @@ export class Lock implements AsyncDisposable {
    * Ends a holder's turn of this process that no acquire took: the lock,
    * still set to the turn's mark, is let go as a release does.
    */
-  async #endTurn(mark: string): Promise<unknown> {
+  async #endTurn(
+    mark: string,
+    via: Sender = this.#connection,
+  ): Promise<unknown> {
     return await resetScripts[+this.#pythonPeers](this.#keys).handOver(
-      this.#connection,
+      via,
       this.#keys,
       this.#signalExpire,
       [mark],

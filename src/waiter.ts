@@ -544,10 +544,11 @@ export async function shutdownWaiter(connection: Connection): Promise<void> {
  * Stops this library's waiting on `client`: every pending `acquire()` on it
  * rejects with a {@linkcode LockError}, its place in the lock queues in Redis
  * is given up, and the waiting connections close; a holder's turn of the
- * client not yet taken is handed on. Held locks are not touched. Without
- * it, the waiting connections close by themselves about a second after the
- * last wait; call it when shutting down, or in tests that check for leaked
- * sockets. A later wait opens new connections.
+ * client not yet taken is handed on, and the connection that hands turns on
+ * closes. Held locks are not touched. Without it, the library's connections
+ * close by themselves about a second after the last wait or hand-on; call
+ * it when shutting down, or in tests that check for leaked sockets. A later
+ * wait opens new connections.
  *
  * @param client The application's client, as given to {@linkcode Lock}.
  *

@@ -14,7 +14,7 @@ import {
   NotAcquiredError,
   shutdown,
 } from "../mod.ts";
-import { bed, eventually } from "./_bed.ts";
+import { bed, clientIds, eventually } from "./_bed.ts";
 import { DbRedisShape, RespClient } from "./_resp.ts";
 import { ACQUIRE } from "../src/scripts.ts";
 import { HolderTurns, holderTurnsOf } from "../src/_holder_turns.ts";
@@ -306,6 +306,99 @@ Deno.test("a holder's turn that no acquire takes goes to the next in line at onc
   }
   assert.fail("no release gave a holder's turn");
 });
+
+Deno.test("a holder's turn not taken goes to the next in line even when the application blocks its client", async () => {
+  // A job loop that shares its client: `await lock.release()`, then a
+  // blocking command of its own. The end of the turn must not wait behind it.
+  await using env = await bed();
+  const client = await env.client();
+  const looper = new Lock(client, "blocked", { expire: 30_000 });
+  const waiter = new Lock(await env.client(), "blocked", { expire: 30_000 });
+  const turns = holderTurnsOf(toConnection(client));
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const { waiting } = await releaseWithWaiter(env, looper, waiter);
+    const turn = turns.has("blocked");
+    console.log(
+      "value",
+      await env.command("GET", "lock:blocked"),
+      turns.has("blocked"),
+    );
+    const releasedAt = performance.now();
+    // Shorter than the waiting connections' idle spell, so that every
+    // attempt finds them open.
+    const blocked = client.blpop("nothing", 0.5);
+    assert.equal(await waiting, true);
+    const waited = performance.now() - releasedAt;
+    await waiter.release();
+    await blocked;
+    console.log(turn, waited, await env.command("GET", "lock:blocked"));
+    // The tenure may have run out under load: then there was no turn.
+    if (!turn) continue;
+    // Behind the BLPOP, the end would wait its 500 ms.
+    assert.ok(waited < 250, `handed on after ${waited} ms`);
+    // The library's connections close by themselves, the one that ended
+    // the turn too: the bed's and the two applications' stay.
+    await eventually(
+      async () => (await clientIds(env.raw)).length === 3,
+      "the library's connections close when idle",
+    );
+    return;
+  }
+  assert.fail("no release gave a holder's turn");
+});
+
+Deno.test("a holder's turn not taken is ended on the application's connection when the library cannot open its own", async () => {
+  await using env = await bed();
+  const app = new NoDuplicate(await RespClient.connect(env.server.port));
+  try {
+    const looper = new Lock(app, "no-own", { expire: 30_000 });
+    const waiter = new Lock(await env.client(), "no-own", { expire: 30_000 });
+    const turns = holderTurnsOf(toConnection(app));
+    // Several turns: an end must not wait out the backoff between tries to
+    // open a connection (25 ms doubling to 1 s).
+    let ended = 0;
+    for (let attempt = 0; attempt < 100 && ended < 8; attempt++) {
+      const { waiting } = await releaseWithWaiter(env, looper, waiter);
+      const turn = turns.has("no-own");
+      const releasedAt = performance.now();
+      assert.equal(await waiting, true);
+      const waited = performance.now() - releasedAt;
+      await waiter.release();
+      if (!turn) continue;
+      ended++;
+      // Else the mark would keep the lock for its 30 s.
+      assert.ok(waited < 250, `turn ${ended} handed on after ${waited} ms`);
+    }
+    assert.equal(ended, 8, "releases gave holders' turns");
+    assert.ok(app.refused > 0, "the own connection was tried");
+  } finally {
+    await shutdown(app);
+    await app.close();
+  }
+});
+
+/** A `{ send }` client whose `duplicate()` is refused, as by a full server. */
+class NoDuplicate {
+  refused = 0;
+  readonly #client: RespClient;
+
+  constructor(client: RespClient) {
+    this.#client = client;
+  }
+
+  send(command: string, args: string[]): Promise<unknown> {
+    return this.#client.send(command, args);
+  }
+
+  duplicate(): Promise<NoDuplicate> {
+    this.refused++;
+    return Promise.reject(new Error("ERR max number of clients reached"));
+  }
+
+  close(): Promise<void> {
+    return this.#client.close();
+  }
+}
 
 Deno.test("holders' turns share one timer: a turn given while it is set ends at a later sweep, not that one", async () => {
   const turns = new HolderTurns();
