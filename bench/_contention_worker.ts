@@ -4,11 +4,13 @@
  * loops acquire → hold → release on one lock name with the implementation
  * it is given, and prints its count and acquire waits as JSON.
  *
- *   deno run -A bench/_contention_worker.ts <implementation> <port>[,<port>…] <hold ms> <seconds> [<tasks>]
+ *   deno run -A bench/_contention_worker.ts <implementation> <port>[,<port>…] <hold ms> <seconds> [<tasks>] [<settle seconds>]
  *
  * With <tasks> (default 1), that many tasks of the process loop at once,
  * each with its own lock instance (a busy server), and the counts printed
- * are per task.
+ * are per task. With <settle seconds> (default 0), the loop runs that much
+ * longer first, and only the acquisitions whose wait began after it are
+ * counted.
  *
  * Implementations over three masters (their names end in "× 3 masters")
  * get a client per port; the others use the first.
@@ -129,7 +131,14 @@ function retrying(acquire: Acquire): Acquire {
 }
 
 if (import.meta.main) {
-  const [implementation, ports, hold, seconds, tasksArg = "1"] = Deno.args;
+  const [
+    implementation,
+    ports,
+    hold,
+    seconds,
+    tasksArg = "1",
+    settle = "0",
+  ] = Deno.args;
   const masters = ports.split(",").map((port) =>
     new Redis(Number(port), "127.0.0.1")
   );
@@ -166,8 +175,9 @@ if (import.meta.main) {
   const [, go] = (await redis.blpop("bench:go", 0))!;
   const start = Number(go);
   await delay(start - Date.now());
-  const until = performance.now() + start + Number(seconds) * 1000 -
+  const from = performance.now() + start + Number(settle) * 1000 -
     Date.now();
+  const until = from + Number(seconds) * 1000;
   const waits: number[] = [];
   let held = 0;
   const counts = await Promise.all(acquires.map(async (acquire) => {
@@ -175,12 +185,15 @@ if (import.meta.main) {
     while (performance.now() < until) {
       const started = performance.now();
       const done = await acquire();
-      waits.push(Math.round((performance.now() - started) * 100) / 100);
-      count++;
+      const counted = started >= from;
+      if (counted) {
+        waits.push(Math.round((performance.now() - started) * 100) / 100);
+        count++;
+      }
       if (holdMs > 0) {
         const start = performance.now();
         await delay(holdMs);
-        held += performance.now() - start;
+        if (counted) held += performance.now() - start;
       }
       await release(done);
     }
