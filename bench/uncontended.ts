@@ -5,11 +5,18 @@
  * of the medians is printed. On a noisy machine this is steadier than
  * running each benchmark for a stretch of its own, as `deno bench` does.
  *
+ * Two rows in between split the difference: the commands of this library's
+ * protocol (the fencing token drawn from the server's clock, the queue
+ * looked at, Python's wake-up left) in two minimal scripts, and this
+ * library's own scripts sent directly, with the keys and arguments a `Lock`
+ * sends, without the library's code around them.
+ *
  *   deno run -A bench/uncontended.ts [rounds]
  */
 
 import { Redis } from "ioredis";
 import { Lock } from "../mod.ts";
+import { ACQUIRE, RELEASE } from "../src/scripts.ts";
 import { RedisServer } from "../tests/_server.ts";
 
 const ROUNDS = Number(Deno.args[0] ?? 150);
@@ -21,6 +28,43 @@ const deleteSha = await redis.script(
   "LOAD",
   "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
 ) as string;
+const load = async (source: string) =>
+  await redis.script("LOAD", source) as string;
+const minimalAcquire = await load(`
+local owner = redis.call('set', KEYS[1], ARGV[1], 'NX', 'GET', 'PX', ARGV[2])
+if owner then return {0} end
+local clock = redis.call('time')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+redis.call('set', KEYS[2], ARGV[3] .. ':' .. string.format('%d', now), 'GET')
+return now`);
+const minimalRelease = await load(`
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 1 end
+local waiting = redis.call('llen', KEYS[3]) > 0
+if redis.call('lindex', KEYS[2], 0) ~= '1' then
+  redis.call('del', KEYS[2])
+  redis.call('lpush', KEYS[2], 1)
+end
+redis.call('pexpire', KEYS[2], ARGV[2])
+redis.call('del', KEYS[1])
+return 0`);
+const acquireSha = await load(ACQUIRE);
+const releaseSha = await load(RELEASE);
+const direct = ["lock:direct", "lock-signal:direct", "lock-queue:direct"]
+  .concat(["lock-fence", "lock-turn:direct"]);
+// The first acquire learns the fencing counter's epoch, as a Lock does.
+const [, , epoch] = await redis.call(
+  "EVALSHA",
+  acquireSha,
+  "5",
+  ...direct,
+  "direct-id",
+  "10000",
+  "",
+  "",
+  "",
+) as [number, number, string];
+await redis.call("EVALSHA", releaseSha, "5", ...direct, "1000", "direct-id");
+let marks = 0;
 const blocking = new Lock(redis, "blocking", { expire: 10_000 });
 const nonBlocking = new Lock(redis, "non-blocking", { expire: 10_000 });
 const alone = new Lock(redis, "alone", { expire: 10_000, pythonPeers: false });
@@ -29,6 +73,54 @@ const cases: Record<string, () => Promise<unknown>> = {
   "raw floor: SET NX PX + EVALSHA delete": async () => {
     await redis.call("SET", "lock:raw", "id", "NX", "PX", "10000");
     await redis.call("EVALSHA", deleteSha, "1", "lock:raw", "id");
+  },
+  "the same commands in two minimal scripts": async () => {
+    await redis.call(
+      "EVALSHA",
+      minimalAcquire,
+      "2",
+      "lock:minimal",
+      "lock-fence",
+      "minimal-id",
+      "10000",
+      epoch,
+    );
+    await redis.call(
+      "EVALSHA",
+      minimalRelease,
+      "3",
+      "lock:minimal",
+      "lock-signal:minimal",
+      "lock-queue:minimal",
+      "minimal-id",
+      "1000",
+    );
+  },
+  "this library's scripts, sent directly": async () => {
+    // A Lock that loops asks for a holder's turn at each release.
+    await redis.call(
+      "EVALSHA",
+      acquireSha,
+      "5",
+      ...direct,
+      "direct-id",
+      "10000",
+      "",
+      epoch,
+      "",
+    );
+    await redis.call(
+      "EVALSHA",
+      releaseSha,
+      "5",
+      ...direct,
+      "1000",
+      "direct-id",
+      "",
+      `turn:000000000000000000000000:${(marks++).toString(36)}`,
+      epoch,
+      "10000",
+    );
   },
   "lock.acquire() + lock.release()": async () => {
     await blocking.acquire();
