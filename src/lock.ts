@@ -1017,7 +1017,9 @@ export class Lock implements AsyncDisposable {
   }
 
   /**
-   * The id of the current holder, or `null` when the lock is free.
+   * The id of the current holder, or `null` when the lock is free. This
+   * instance's own id while it holds the lock under a holder's turn's mark
+   * (which others read: see `release()`).
    *
    * @example
    * ```ts ignore
@@ -1025,12 +1027,17 @@ export class Lock implements AsyncDisposable {
    * ```
    */
   async ownerId(): Promise<string | null> {
+    const holdingId = this.#holdingId;
     const reply = await attempt(
       "inspect",
       this.name,
       () => this.#connection.send("GET", [this.#keys.lock]),
     );
-    return reply === null ? null : String(reply);
+    if (reply === null) return null;
+    // A holding of this instance under a turn's mark is this instance's.
+    return holdingId !== this.id && reply === holdingId
+      ? this.id
+      : String(reply);
   }
 
   /**

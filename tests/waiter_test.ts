@@ -566,8 +566,11 @@ Deno.test("a holder's turn is taken with no command, under the mark, by an insta
     await looper.release();
     if (!turns.has("local")) return false;
     assert.equal(await second.acquire({ blocking: false }), true);
-    const mark = String(await second.ownerId());
+    const mark = String(await env.raw.command("GET", "lock:local"));
     assert.ok(mark.startsWith(turns.prefix), mark);
+    // The holder reads its own id; another instance reads the mark.
+    assert.equal(await second.ownerId(), second.id);
+    assert.equal(await looper.ownerId(), mark);
     assert.notEqual(mark, firstMark, "each turn has a mark of its own");
     assert.ok(second.token > firstToken, "a later token");
     // The holding takes the lock's own expiry, and names the mark.
