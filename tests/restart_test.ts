@@ -83,3 +83,41 @@ Deno.test("a restart with appendfsync always keeps the lock, its holder and its 
   assert.ok(waiter.token > holder.token);
   await waiter.release();
 });
+
+Deno.test("after a restart that loses the lock, a waiter with a shorter expiry waits only its own grace once the one before gives up", async () => {
+  await using env = await bed();
+  const client = await env.client();
+  const holder = new Lock(client, "graces", {
+    expire: 8_000,
+    autoRenewal: true,
+  });
+  await holder.acquire();
+  // Two waits of the process holding it: the first would wait out 8 s of
+  // grace after the restart, the second only 2 s.
+  const patient = new AbortController();
+  const first = new Lock(client, "graces", { expire: 8_000 }).acquire({
+    timeout: 20_000,
+    signal: patient.signal,
+  }).catch(() => false);
+  await queued({ raw: env.command }, "graces");
+  const second = new Lock(client, "graces", { expire: 2_000 });
+  const waiting = second.acquire({ timeout: 20_000 });
+  await delay(100);
+  await env.raw.close();
+  const restartedAt = performance.now();
+  await env.server.restart();
+  await env.reconnect();
+  // The process learns of the restart (the holder is told), the first wait
+  // waits out its grace, then gives up: the second is head, with its own,
+  // shorter grace.
+  await abortedAt(holder.signal);
+  await delay(500);
+  patient.abort();
+  assert.equal(await first, false);
+  assert.equal(await waiting, true);
+  const waited = performance.now() - restartedAt;
+  assert.ok(waited >= 1_800, `waited out its own grace: ${waited} ms`);
+  // Not the first wait's 8 s, which its driver's timer was set for.
+  assert.ok(waited < 6_000, `acquired after ${Math.round(waited)} ms`);
+  await second.release();
+});
