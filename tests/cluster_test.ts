@@ -212,6 +212,33 @@ Deno.test("Cluster: names over every master, the keys of each in one slot", asyn
       },
     );
 
+    await t.step(
+      "pythonPeers: false leaves no wake-up in the signal list, and still hands the lock over",
+      async () => {
+        const other = await ioCluster(cluster);
+        try {
+          const options = { expire: 10_000, pythonPeers: false };
+          const holder = new Lock(client, "alone", options);
+          await holder.acquire();
+          await holder.release();
+          assert.equal(await client.exists("lock-signal:{alone}"), 0);
+          await holder.acquire();
+          const waiter = new Lock(other, "alone", options);
+          const waiting = waiter.acquire({ timeout: 5_000 });
+          await delay(150);
+          await holder.release();
+          assert.equal(await waiting, true);
+          assert.equal(await client.get("lock:{alone}"), waiter.id);
+          assert.ok(waiter.token > holder.token);
+          await waiter.release();
+          assert.equal(await client.exists("lock-signal:{alone}"), 0);
+          assert.equal(await client.exists("lock:{alone}"), 0);
+        } finally {
+          await closeCluster(other);
+        }
+      },
+    );
+
     await t.step("waiters of several clients exclude each other", async () => {
       const clients = [
         client,
