@@ -51,19 +51,15 @@ const acquireSha = await load(ACQUIRE);
 const releaseSha = await load(RELEASE);
 const direct = ["lock:direct", "lock-signal:direct", "lock-queue:direct"]
   .concat(["lock-fence", "lock-turn:direct"]);
+/** Runs one of this library's scripts on the keys of the lock `direct`. */
+const runDirect = (sha: string, ...args: string[]) =>
+  redis.call("EVALSHA", sha, "5", ...direct, ...args);
 // The first acquire learns the fencing counter's epoch, as a Lock does.
-const [, , epoch] = await redis.call(
-  "EVALSHA",
+const [, , epoch] = await runDirect(
   acquireSha,
-  "5",
-  ...direct,
-  "direct-id",
-  "10000",
-  "",
-  "",
-  "",
+  ...["direct-id", "10000", "", "", ""],
 ) as [number, number, string];
-await redis.call("EVALSHA", releaseSha, "5", ...direct, "1000", "direct-id");
+await runDirect(releaseSha, "1000", "direct-id");
 let marks = 0;
 const blocking = new Lock(redis, "blocking", { expire: 10_000 });
 const nonBlocking = new Lock(redis, "non-blocking", { expire: 10_000 });
@@ -98,28 +94,12 @@ const cases: Record<string, () => Promise<unknown>> = {
   },
   "this library's scripts, sent directly": async () => {
     // A Lock that loops asks for a holder's turn at each release.
-    await redis.call(
-      "EVALSHA",
-      acquireSha,
-      "5",
-      ...direct,
-      "direct-id",
-      "10000",
-      "",
-      epoch,
-      "",
-    );
-    await redis.call(
-      "EVALSHA",
+    await runDirect(acquireSha, "direct-id", "10000", "", epoch, "");
+    await runDirect(
       releaseSha,
-      "5",
-      ...direct,
-      "1000",
-      "direct-id",
-      "",
+      ...["1000", "direct-id", ""],
       `turn:000000000000000000000000:${(marks++).toString(36)}`,
-      epoch,
-      "10000",
+      ...[epoch, "10000"],
     );
   },
   "lock.acquire() + lock.release()": async () => {

@@ -263,7 +263,7 @@ export class HolderTurns {
    * lost, or said the lock was gone): `end` hands the lock on now.
    */
   mayHaveLeft(end: TurnEnd): void {
-    this.#end(() => end());
+    this.#end(end);
   }
 
   /**
@@ -274,7 +274,7 @@ export class HolderTurns {
   #endOnOwn(end: TurnEnd): void {
     const own = this.#own;
     if (own === undefined || own.backingOff) {
-      this.#end(() => end());
+      this.#end(end);
       return;
     }
     clearTimeout(this.#idler);
@@ -294,8 +294,9 @@ export class HolderTurns {
    * Sends `end`, tracked until it settles; a failure is left to the mark's
    * expiry.
    */
-  #end(end: () => Promise<unknown>): Promise<void> {
-    const ending: Promise<void> = Promise.resolve().then(end).then(
+  #end(end: TurnEnd): Promise<void> {
+    // With no connection given, `end` sends on the application's.
+    const ending: Promise<void> = Promise.resolve().then(() => end()).then(
       () => {},
       () => {
         // The mark expires by itself (TURN_LEASE, or the lock's expiry).
@@ -314,7 +315,7 @@ export class HolderTurns {
     this.#turns.clear();
     clearTimeout(this.#sweeper);
     this.#sweeper = undefined;
-    for (const { end } of turns) this.#end(() => end());
+    for (const { end } of turns) this.#end(end);
     await Promise.all([...this.#ending]);
     clearTimeout(this.#idler);
     this.#idler = undefined;
