@@ -16,7 +16,7 @@
 
 import { Redis } from "ioredis";
 import { Lock } from "../mod.ts";
-import { ACQUIRE, RELEASE } from "../src/scripts.ts";
+import { ACQUIRE, RELEASE, TRY } from "../src/scripts.ts";
 import { RedisServer } from "../tests/_server.ts";
 
 const ROUNDS = Number(Deno.args[0] ?? 150);
@@ -49,6 +49,7 @@ redis.call('del', KEYS[1])
 return 0`);
 const acquireSha = await load(ACQUIRE);
 const releaseSha = await load(RELEASE);
+const trySha = await load(TRY);
 const direct = ["lock:direct", "lock-signal:direct", "lock-queue:direct"]
   .concat(["lock-fence", "lock-turn:direct"]);
 /** Runs one of this library's scripts on the keys of the lock `direct`. */
@@ -93,8 +94,12 @@ const cases: Record<string, () => Promise<unknown>> = {
     );
   },
   "this library's scripts, sent directly": async () => {
-    // A Lock that loops asks for a holder's turn at each release.
-    await runDirect(acquireSha, "direct-id", "10000", "", epoch, "");
+    // A Lock's first try sends TRY; one that loops asks for a holder's
+    // turn at each release.
+    await redis.call(
+      "EVALSHA",
+      ...[trySha, "2", direct[0], direct[3], "direct-id", "10000", epoch],
+    );
     await runDirect(
       releaseSha,
       ...["1000", "direct-id", ""],

@@ -134,7 +134,7 @@ export interface LockKeys {
   readonly all: readonly string[];
   /** `[lock]`, for the scripts that only set an expiry. */
   readonly onlyLock: readonly string[];
-  /** `[lock, fence]`, as CLAIM takes them. */
+  /** `[lock, fence]`, as CLAIM and TRY take them. */
   readonly forClaim: readonly string[];
   /** Whether the keys are a Cluster's, which the scripts' variants take. */
   readonly cluster: boolean;

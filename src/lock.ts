@@ -57,6 +57,7 @@ import {
   RESET_ALONE,
   Script,
   type Sender,
+  TRY,
 } from "./scripts.ts";
 import {
   Redlock,
@@ -107,6 +108,7 @@ const resetScripts = [
   variants(RESET, C_RESET),
 ];
 const claimScript = new Script(CLAIM, (keys) => keys.forClaim);
+const tryScript = new Script(TRY, (keys) => keys.forClaim);
 
 /** 18 random bytes in base64, as python-redis-lock makes its ids. */
 function randomId(): string {
@@ -449,9 +451,14 @@ export class Lock implements AsyncDisposable {
       if (
         (turn || !waiter.waitsFor(this.name)) && !view.inTurn(this.name)
       ) {
-        const deadline = performance.now() + timeout;
+        // A wait with no timeout reads no clock: this runs at every acquire.
+        const deadline = timeout === Infinity
+          ? Infinity
+          : performance.now() + timeout;
         if (await this.#tryOnce(signal)) return true;
-        timeout = Math.max(0, deadline - performance.now());
+        if (deadline !== Infinity) {
+          timeout = Math.max(0, deadline - performance.now());
+        }
       }
       return await this.#wait(waiter, timeout, signal);
     } finally {
@@ -690,12 +697,14 @@ export class Lock implements AsyncDisposable {
   ): Promise<number | (number | string)[]> {
     const expire = this.#expire === undefined ? "" : String(this.#expire);
     try {
-      return await acquireScript(this.#keys).call(
+      const args = entry === ""
+        ? [this.id, expire, view.known]
+        : [this.id, expire, entry, view.known];
+      if (mark !== "") args.push(mark);
+      return await (entry === "" ? tryScript : acquireScript(this.#keys)).call(
         this.#connection,
         this.#keys,
-        mark === ""
-          ? [this.id, expire, entry, view.known]
-          : [this.id, expire, entry, view.known, mark],
+        args,
       ) as number | (number | string)[];
     } catch (error) {
       // The reply may be lost after the script ran: leave nothing behind,
@@ -713,7 +722,8 @@ export class Lock implements AsyncDisposable {
    * Redis lost the lock data, or in the racers' turn it gave.
    */
   #heldBack(view: ServerView): boolean {
-    return performance.now() < view.graceUntil(this.#expire) ||
+    const grace = view.graceUntil(this.#expire);
+    return (grace !== -Infinity && performance.now() < grace) ||
       view.inTurn(this.name);
   }
 
@@ -806,7 +816,8 @@ export class Lock implements AsyncDisposable {
   ): Promise<Reply> {
     const lent = here?.lend(this.name);
     const known = viewOf(this.#connection, this.#keys.fence).known;
-    const sentAt = performance.now();
+    // Only a waiter of this process needs the time (a loop would pay it).
+    const sentAt = here === undefined ? 0 : performance.now();
     let reply: Reply | undefined;
     try {
       reply = await releaseScripts[+this.#pythonPeers](this.#keys).handOver(

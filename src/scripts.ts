@@ -73,25 +73,26 @@ redis.call('set', KEYS[${fence}], epoch .. ':' .. string.format('%d', token))
 
 /**
  * Statements that draw a fencing token in one write when the counter at
- * KEYS[4] is of the epoch `known` (a Lua expression: the caller's, "" if
- * none) and behind the server's clock, on Redis 7: they leave the token in
- * `fastToken`, or false with the counter unchanged (another epoch, ahead of
- * the clock, or an older Redis: then `draw` does it).
+ * `KEYS[fence]` (KEYS[4] unless said) is of the epoch `known` (a Lua
+ * expression: the caller's, "" if none) and behind the server's clock, on
+ * Redis 7: they leave the token in `fastToken`, or false with the counter
+ * unchanged (another epoch, ahead of the clock, or an older Redis: then
+ * `draw` does it).
  */
-function fastDraw(known: string): string {
+function fastDraw(known: string, fence = 4): string {
   return `
 local fastToken = false
 if ${known} ~= '' and redis.REDIS_VERSION_NUM then
   local clock = redis.call('time')
   local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-  local old = redis.call('set', KEYS[4], ${known} .. ':' .. string.format('%d', now), 'GET')
+  local old = redis.call('set', KEYS[${fence}], ${known} .. ':' .. string.format('%d', now), 'GET')
   local epoch, last = string.match(old or '', '^(%d+):(%d+)$')
   if epoch == ${known} and tonumber(last) < now then
     fastToken = now
   elseif old then
-    redis.call('set', KEYS[4], old)
+    redis.call('set', KEYS[${fence}], old)
   else
-    redis.call('del', KEYS[4])
+    redis.call('del', KEYS[${fence}])
   end
 end
 `;
@@ -366,10 +367,10 @@ end
 
 /**
  * Statements by which an acquire takes the lock set to its process's turn
- * mark (ARGV[5]) as if it were free.
+ * mark (`ARGV[mark]`) as if it were free.
  */
-const TAKE_TURN = `
-if ARGV[5] and ARGV[5] ~= '' and owner == ARGV[5] then
+const takeTurn = (mark: number) => `
+if ARGV[${mark}] and ARGV[${mark}] ~= '' and owner == ARGV[${mark}] then
   if ARGV[2] == '' then
     redis.call('set', KEYS[1], ARGV[1])
   else
@@ -464,6 +465,78 @@ const MARK_WAIT_ALIVE = `${NOW_MS}
   redis.call('pexpire', KEYS[6], ${QUEUE_TTL})`;
 
 /**
+ * Statements that set the lock at KEYS[1] to ARGV[1] (with the expiry
+ * ARGV[2] ms, "" for none) when it is free; they leave `owner`: false when
+ * set, else the holder's id.
+ */
+const SET_IF_FREE = `
+if redis.REDIS_VERSION_NUM then
+  -- Redis 7 sets or reads the holder in one command.
+  if ARGV[2] == '' then
+    owner = redis.call('set', KEYS[1], ARGV[1], 'NX', 'GET')
+  else
+    owner = redis.call('set', KEYS[1], ARGV[1], 'NX', 'GET', 'PX', ARGV[2])
+  end
+else
+  local set
+  if ARGV[2] == '' then
+    set = redis.call('set', KEYS[1], ARGV[1], 'NX')
+  else
+    set = redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+  end
+  owner = not set and redis.call('get', KEYS[1])
+end
+`;
+
+/**
+ * Statements that end an acquire that found the lock free (`owner` false):
+ * they draw the token from the counter at `KEYS[fence]` for a caller that
+ * knows the epoch `ARGV[known]` and return it, or `{1, token, epoch}` when
+ * it knew none, or `{3, epoch, age}` (lock and counter as they were, a turn
+ * it took back at its mark `ARGV[mark]`) when the epoch is another.
+ */
+function whenFree(fence: number, known: number, mark: number): string {
+  return `
+if not owner then
+  ${fastDraw(`ARGV[${known}]`, fence)}
+  if fastToken then return fastToken end
+  ${draw(fence)}
+  if ARGV[${known}] == '' then
+    return {1, token, epoch}
+  end
+  if ARGV[${known}] ~= epoch then
+    if tookTurn then
+      -- The turn goes back to its mark, which the caller ends.
+      redis.call('set', KEYS[1], ARGV[${mark}], 'PX', ${TURN_LEASE})
+    else
+      redis.call('del', KEYS[1])
+    end
+    return {3, epoch, math.floor((now - tonumber(epoch)) / 1000)}
+  end
+  return token
+end
+if owner == ARGV[1] then
+  return {2}
+end
+`;
+}
+
+/**
+ * Statements that end an acquire that found the lock held by another:
+ * `{0, pttl}`, with the counter's epoch ("" if none) when the caller knows
+ * none (`ARGV[known]` "") from the counter at `KEYS[fence]`.
+ */
+function whenHeld(fence: number, known: number): string {
+  return `
+if ARGV[${known}] == '' then
+  local fence = redis.call('get', KEYS[${fence}])
+  return {0, pttl, fence and string.match(fence, '^(%d+):') or ''}
+end
+return {0, pttl}
+`;
+}
+
+/**
  * KEYS: lock, signal, queue, fence, turn. ARGV: id, expire ms ("" for
  * none), `<process>|<ticket>` ("" not to queue), the epoch the caller knows
  * ("" if none), and on one server the caller's turn mark ("" or absent if
@@ -484,6 +557,9 @@ const MARK_WAIT_ALIVE = `${NOW_MS}
  * - `{3, epoch, age ms}` when the counter's epoch is not the one the caller
  *   knows: the lock data was lost since; nothing is changed (a turn's mark
  *   the caller took is put back, for the caller to end).
+ *
+ * A caller that does not queue sends {@linkcode TRY} instead: the same
+ * without the keys and arguments it does not use.
  */
 function acquireSource(cluster: boolean): string {
   return `
@@ -500,52 +576,19 @@ if ARGV[3] ~= '' then
 end
 if turnLeft > 0 then
   owner = ''
-elseif redis.REDIS_VERSION_NUM then
-  -- Redis 7 sets or reads the holder in one command.
-  if ARGV[2] == '' then
-    owner = redis.call('set', KEYS[1], ARGV[1], 'NX', 'GET')
-  else
-    owner = redis.call('set', KEYS[1], ARGV[1], 'NX', 'GET', 'PX', ARGV[2])
-  end
 else
-  local set
-  if ARGV[2] == '' then
-    set = redis.call('set', KEYS[1], ARGV[1], 'NX')
-  else
-    set = redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-  end
-  owner = not set and redis.call('get', KEYS[1])
+  ${SET_IF_FREE}
 end
 ${
     cluster
       ? ""
-      : TAKE_TURN
+      : takeTurn(5)
   }if not owner and ARGV[3] ~= '' and redis.call('llen', KEYS[3]) > 0 then
   -- Free, but others queued first: the first of them alive takes it.
   ${handOver(cluster)}
   if entry then owner = id end
 end
-if not owner then
-  ${fastDraw("ARGV[4]")}
-  if fastToken then return fastToken end
-  ${draw(4)}
-  if ARGV[4] == '' then
-    return {1, token, epoch}
-  end
-  if ARGV[4] ~= epoch then
-    if tookTurn then
-      -- The turn goes back to its mark, which the caller ends.
-      redis.call('set', KEYS[1], ARGV[5], 'PX', ${TURN_LEASE})
-    else
-      redis.call('del', KEYS[1])
-    end
-    return {3, epoch, math.floor((now - tonumber(epoch)) / 1000)}
-  end
-  return token
-end
-if owner == ARGV[1] then
-  return {2}
-end
+${whenFree(4, 4, 5)}
 if ARGV[3] ~= '' then
   local entry = ARGV[3] .. '|' .. ARGV[2] .. '|' .. ARGV[1]
   if not redis.call('lpos', KEYS[3], entry) then
@@ -556,13 +599,31 @@ if ARGV[3] ~= '' then
 end
 local pttl = turnLeft
 if turnLeft <= 0 then pttl = redis.call('pttl', KEYS[1]) end
-if ARGV[4] == '' then
-  local fence = redis.call('get', KEYS[4])
-  return {0, pttl, fence and string.match(fence, '^(%d+):') or ''}
-end
-return {0, pttl}
+${whenHeld(4, 4)}
 `;
 }
+
+/**
+ * KEYS: lock, fence. ARGV: id, expire ms ("" for none), the epoch the
+ * caller knows ("" if none), and the caller's turn mark ("" or absent if it
+ * has no holder's turn).
+ *
+ * ACQUIRE for a caller that does not queue (a try, on one server or a
+ * Cluster): sets the lock when it is free, or takes it from the caller's
+ * turn mark, and draws a fencing token. Replies as ACQUIRE. Two keys and
+ * four arguments rather than five and five: the uncontended acquire is
+ * mostly bytes on the wire.
+ */
+export const TRY = `
+${EFFECTS}
+local owner
+local tookTurn = false
+${SET_IF_FREE}
+${takeTurn(4)}
+${whenFree(2, 3, 4)}
+local pttl = redis.call('pttl', KEYS[1])
+${whenHeld(2, 3)}
+`;
 
 /** ACQUIRE on one server. */
 export const ACQUIRE: string = acquireSource(false);

@@ -16,7 +16,7 @@ import {
 } from "../mod.ts";
 import { bed, clientIds, eventually } from "./_bed.ts";
 import { DbRedisShape, RespClient } from "./_resp.ts";
-import { ACQUIRE } from "../src/scripts.ts";
+import { ACQUIRE, TRY } from "../src/scripts.ts";
 import { HolderTurns, holderTurnsOf } from "../src/_holder_turns.ts";
 import { toConnection } from "../src/clients.ts";
 import { ALIVE_PREFIX, HOLDER_TURNS } from "../src/keys.ts";
@@ -423,27 +423,101 @@ Deno.test("holders' turns share one timer: a turn given while it is set ends at 
   await turns.endAll();
 });
 
-Deno.test("ACQUIRE that takes its turn and meets lost lock data puts the turn's mark back", async () => {
+/** Runs ACQUIRE with no entry, or TRY, as a try of a `Lock` sends them. */
+function tryWith(
+  env: { raw: RespClient },
+  script: "ACQUIRE" | "TRY",
+  name: string,
+  [id, expire, known, mark]: string[],
+): Promise<unknown> {
+  const [lock, fence] = [`lock:${name}`, "lock-fence"];
+  return script === "ACQUIRE"
+    ? env.raw.command(
+      "EVAL",
+      ACQUIRE,
+      "5",
+      ...[lock, `lock-signal:${name}`, `lock-queue:${name}`, fence],
+      ...[`lock-turn:${name}`, id, expire, "", known, mark],
+    )
+    : env.raw.command("EVAL", TRY, "2", lock, fence, id, expire, known, mark);
+}
+
+Deno.test("ACQUIRE and TRY that take a turn and meet lost lock data put the turn's mark back", async () => {
   await using env = await bed();
-  const keys = ["lock:epoch", "lock-signal:epoch", "lock-queue:epoch"]
-    .concat(["lock-fence", "lock-turn:epoch"]);
-  // A counter of a new epoch, as after a restart that lost the data.
-  await env.raw.command("SET", "lock-fence", "2000000000000000:1");
-  await env.raw.command("SET", "lock:epoch", "turn:abc", "PX", "250");
-  const reply = await env.raw.command(
-    "EVAL",
-    ACQUIRE,
-    "5",
-    ...keys,
-    "holder-id",
-    "30000",
-    "",
-    "1000000000000000",
-    "turn:abc",
-  ) as unknown[];
-  assert.equal(reply[0], 3);
-  // The caller ends the turn from its mark (RESET), which hands it on.
-  assert.equal(await env.raw.command("GET", "lock:epoch"), "turn:abc");
+  for (const script of ["ACQUIRE", "TRY"] as const) {
+    // A counter of a new epoch, as after a restart that lost the data.
+    await env.raw.command("SET", "lock-fence", "2000000000000000:1");
+    await env.raw.command("SET", "lock:epoch", "turn:abc", "PX", "250");
+    const reply = await tryWith(env, script, "epoch", [
+      ...["holder-id", "30000", "1000000000000000", "turn:abc"],
+    ]) as unknown[];
+    assert.equal(reply[0], 3, script);
+    // The caller ends the turn from its mark (RESET), which hands it on.
+    assert.equal(await env.raw.command("GET", "lock:epoch"), "turn:abc");
+  }
+});
+
+Deno.test("TRY replies and sets the keys as ACQUIRE with no entry, in every state a try meets", async () => {
+  await using env = await bed();
+  const epoch = "1000000000000000";
+  const clock = () => env.raw.command("TIME") as Promise<string[]>;
+  const [seconds] = await clock();
+  const ahead = `${epoch}:${Number(seconds) * 1e6 + 3_600e6}`;
+  // [the lock's value (with an expiry), the counter, the try's arguments]
+  const states: [string | null, string | null, string[]][] = [
+    [null, `${epoch}:1`, ["me", "30000", epoch, ""]],
+    [null, `${epoch}:1`, ["me", "", epoch, ""]],
+    [null, `${epoch}:1`, ["me", "30000", "", ""]],
+    [null, null, ["me", "30000", "", ""]],
+    [null, `${epoch}:1`, ["me", "30000", "2000000000000000", ""]],
+    [null, ahead, ["me", "30000", epoch, ""]],
+    ["me", `${epoch}:1`, ["me", "30000", epoch, ""]],
+    ["other", `${epoch}:1`, ["me", "30000", epoch, ""]],
+    ["other", `${epoch}:1`, ["me", "30000", "", ""]],
+    ["other", null, ["me", "30000", "", ""]],
+    ["turn:x:1", `${epoch}:1`, ["me", "30000", epoch, "turn:x:1"]],
+    ["turn:x:1", `${epoch}:1`, ["me", "", epoch, "turn:x:1"]],
+    ["turn:x:1", `${epoch}:1`, ["me", "30000", epoch, "turn:x:2"]],
+    ["turn:x:1", `${epoch}:1`, ["me", "30000", "2000000000000000", "turn:x:1"]],
+  ];
+  // Tokens, ages of an epoch and the counter's epoch made now are the
+  // clock, and times left run down: only their presence is compared.
+  const shape = (value: unknown): unknown =>
+    Array.isArray(value)
+      ? value.map(shape)
+      : typeof value === "number" && value > 1e9
+      ? "clock"
+      : typeof value === "number" && value > 10
+      ? "ms"
+      : typeof value === "string" && /^\d{16}(:\d+)?$/.test(value)
+      ? value.startsWith(epoch) ? value.replace(/:\d+$/, ":n") : "clock"
+      : value;
+  for (const [index, [held, fence, args]] of states.entries()) {
+    const seen: unknown[] = [];
+    for (const script of ["ACQUIRE", "TRY"] as const) {
+      const name = `same:${index}`;
+      await env.raw.command("DEL", `lock:${name}`, "lock-fence");
+      if (held !== null) {
+        await env.raw.command("SET", `lock:${name}`, held, "PX", "20000");
+      }
+      if (fence !== null) await env.raw.command("SET", "lock-fence", fence);
+      const reply = await tryWith(env, script, name, args);
+      const pttl = Number(await env.raw.command("PTTL", `lock:${name}`));
+      seen.push(shape([
+        reply,
+        await env.raw.command("GET", `lock:${name}`),
+        pttl > 20_000 ? "own" : pttl > 0 ? "kept" : pttl,
+        await env.raw.command("GET", "lock-fence"),
+      ]));
+    }
+    assert.deepEqual(seen[1], seen[0], `state ${index}`);
+  }
+  // Nothing else was written: no queue, no signal, no turn.
+  const keys = await env.raw.command("KEYS", "*") as string[];
+  assert.deepEqual(
+    keys.filter((key) => !/^lock:same:|^lock-fence$/.test(key)),
+    [],
+  );
 });
 
 /** How many scripts the server ran. */
