@@ -611,8 +611,9 @@ ${whenHeld(4, 4)}
  * ACQUIRE for a caller that does not queue (a try, on one server or a
  * Cluster): sets the lock when it is free, or takes it from the caller's
  * turn mark, and draws a fencing token. Replies as ACQUIRE. Two keys and
- * four arguments rather than five and five: the uncontended acquire is
- * mostly bytes on the wire.
+ * three or four arguments rather than five and five: beyond the commands,
+ * an uncontended acquire's cost is mostly the bytes of its keys and
+ * arguments.
  */
 export const TRY = `
 ${EFFECTS}
